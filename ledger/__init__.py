@@ -1,0 +1,1 @@
+"""The gift-card domain: pure, no I/O, time passed in."""
