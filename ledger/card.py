@@ -91,7 +91,9 @@ def card_id_for(number: str) -> uuid.UUID:
 
 def check_card_number(number: str) -> None:
     if not 1 <= len(number) <= CARD_NUMBER_LENGTH_MAX or not number.isprintable():
-        raise InvalidCardNumber(f"card number must be 1 to {CARD_NUMBER_LENGTH_MAX} printable chars")
+        raise InvalidCardNumber(
+            f"card number must be 1 to {CARD_NUMBER_LENGTH_MAX} printable chars"
+        )
 
 
 def check_amount(amount_minor: int, *, allow_zero: bool = False) -> None:
@@ -101,14 +103,16 @@ def check_amount(amount_minor: int, *, allow_zero: bool = False) -> None:
 
 
 class Card(Aggregate):
-    """A gift card. Commands check first, then record an event; the event body only changes state."""
+    """A gift card. Commands check first, then record an event; event bodies only change state."""
 
     @staticmethod
     def create_id(number: str, **_: Any) -> uuid.UUID:
         return card_id_for(number)
 
     @classmethod
-    def sell(cls, number: str, ref: int, terms: CardTerms, amount_minor: int, origin: Origin) -> Card:
+    def sell(
+        cls, number: str, ref: int, terms: CardTerms, amount_minor: int, origin: Origin
+    ) -> Card:
         check_card_number(number)
         check_amount(amount_minor, allow_zero=True)
         if amount_minor > BALANCE_MINOR_MAX:
@@ -436,3 +440,16 @@ class Card(Aggregate):
 
 def _where(origin: Origin) -> tuple[datetime, str, str | None]:
     return origin.occurred_at, origin.actor, origin.location_code
+
+
+def add_months(day: date, months: int) -> date:
+    """The same day `months` later, clamped to the month's end (31 Jan + 1 month = 28/29 Feb)."""
+    assert months >= 0
+    month_index = day.month - 1 + months
+    year, month = day.year + month_index // 12, month_index % 12 + 1
+    for candidate_day in (day.day, 30, 29, 28):
+        try:
+            return date(year, month, candidate_day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable: every month has a 28th")

@@ -1,4 +1,4 @@
-"""Money: integer minor units beside an ISO 4217 currency. Amounts are parsed exactly, never via float."""
+"""Money: integer minor units beside an ISO 4217 currency, parsed exactly, never via float."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def to_minor(
     currency has minor digits, and not exceed the maximum. Trailing zeros are fine: 1.50 and 1.5
     are the same exact value.
     """
-    if isinstance(amount, bool) or isinstance(amount, float):  # a float has already lost exactness
+    if isinstance(amount, bool | float):  # A float has already lost exactness.
         raise InvalidAmount("amount must be a decimal number")
     try:
         value = Decimal(amount)

@@ -1,0 +1,173 @@
+"""The one place where refusals become HTTP responses.
+
+Native and Resico routes answer RFC 9457 problem+json with a stable `code`; GiftStream's route
+answers its documented `{message, timestamp}` shape with status 400.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+
+from api.service import WriteContention
+from ledger.errors import ErrorCode, LedgerError
+
+
+class ApiError(Exception):
+    """A refusal decided at the API edge (configuration, permissions), not by a card."""
+
+    def __init__(self, code: str, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.status = status
+        self.detail = detail
+
+
+def unknown_location(code: str) -> ApiError:
+    return ApiError("unknown_location", 422, f"location {code!r} does not exist")
+
+
+def location_forbidden(code: str | None) -> ApiError:
+    return ApiError("location_forbidden", 403, f"this client may not act at location {code!r}")
+
+
+STATUS_BY_CODE: dict[ErrorCode, int] = {
+    ErrorCode.CARD_NOT_FOUND: 404,
+    ErrorCode.CARD_EXISTS: 409,
+}
+DEFAULT_LEDGER_STATUS = 422
+
+CODE_BY_HTTP_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def ledger_status(exc: LedgerError) -> int:
+    return STATUS_BY_CODE.get(exc.code, DEFAULT_LEDGER_STATUS)
+
+
+def _problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=status,
+        detail=detail,
+        type_=f"urn:giftledger:problem:{code}",
+        title=code.replace("_", " "),
+        extra={"code": code, **extra},
+        headers=headers,
+    )
+
+
+def _ledger_problem(exc: LedgerError) -> ProblemDetailsException:
+    return _problem(ledger_status(exc), exc.code.value, exc.detail)
+
+
+def _api_problem(exc: ApiError) -> ProblemDetailsException:
+    return _problem(exc.status, exc.code, exc.detail)
+
+
+def _validation_problem(exc: ValidationException) -> ProblemDetailsException:
+    return _problem(422, "validation_failed", str(exc.detail), errors=exc.extra or [])
+
+
+def _contention_problem(exc: WriteContention) -> ProblemDetailsException:
+    return _problem(
+        503, "card_busy", str(exc), headers={"Retry-After": str(exc.retry_after_seconds)}
+    )
+
+
+def _http_problem(exc: HTTPException) -> ProblemDetailsException:
+    code = CODE_BY_HTTP_STATUS.get(exc.status_code, "error")
+    return ProblemDetailsException(
+        status_code=exc.status_code,
+        detail=exc.detail,
+        title=code.replace("_", " "),
+        extra={"code": code},
+        headers=exc.headers,
+    )
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            exception_to_problem_detail_map={
+                HTTPException: _http_problem,
+                ValidationException: _validation_problem,
+                LedgerError: _ledger_problem,
+                ApiError: _api_problem,
+                WriteContention: _contention_problem,
+            }
+        )
+    )
+
+
+# GiftStream's own error shape.
+
+GIFTSTREAM_MESSAGES: dict[ErrorCode | str, str] = {
+    ErrorCode.INVALID_AMOUNT: "Data Invalid: Invalid Initial Balance",
+    ErrorCode.CARD_EXISTS: "Data Invalid: Card identifier already exists",
+    ErrorCode.INVALID_CARD_NUMBER: "Data Invalid: Invalid identifier",
+    ErrorCode.UNKNOWN_CURRENCY: "Data Invalid: Currency Code not supported",
+    "unknown_location": "Data Invalid: Site not found",
+    "location_forbidden": "Forbidden: this client may not act at that site",
+}
+
+
+class GiftStreamError(Exception):
+    """A GiftStream refusal that already carries the seed's message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def giftstream_body(message: str) -> dict[str, Any]:
+    return {"message": message, "timestamp": int(time.time())}
+
+
+def _giftstream_response(status: int, message: str) -> Response[dict[str, Any]]:
+    return Response(giftstream_body(message), status_code=status)
+
+
+def giftstream_exception_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, GiftStreamError):
+        return _giftstream_response(exc.status, exc.message)
+    if isinstance(exc, LedgerError):
+        return _giftstream_response(400, GIFTSTREAM_MESSAGES.get(exc.code, f"Data Invalid: {exc}"))
+    if isinstance(exc, ApiError):
+        status = 403 if exc.status == 403 else 400
+        return _giftstream_response(status, GIFTSTREAM_MESSAGES.get(exc.code, exc.detail))
+    if isinstance(exc, WriteContention):
+        response = _giftstream_response(503, "Service busy, please retry")
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+        return response
+    if isinstance(exc, HTTPException):
+        return _giftstream_response(exc.status_code, str(exc.detail))
+    raise exc
+
+
+GIFTSTREAM_EXCEPTION_HANDLERS = {
+    GiftStreamError: giftstream_exception_handler,
+    LedgerError: giftstream_exception_handler,
+    ApiError: giftstream_exception_handler,
+    WriteContention: giftstream_exception_handler,
+    HTTPException: giftstream_exception_handler,
+}

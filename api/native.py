@@ -1,0 +1,279 @@
+"""giftledger's native API: every card command, amounts in integer minor units."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Router, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from api.auth import requires
+from api.context import origin_for
+from api.errors import ApiError
+from api.giftstream import generated_identifier
+from api.service import CardService
+from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months
+from ledger.errors import CardNotFound
+from ledger.money import AMOUNT_MINOR_MAX
+from projections.cards import CardReader, CardView
+from projections.config import Client, ConfigStore
+
+EVENTS_PAGE_SIZE_MAX = 500
+EVENTS_PAGE_SIZE_DEFAULT = 100
+REASON_LENGTH_MAX = 200
+
+AmountMinor = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_MINOR_MAX)]
+LocationCode = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class IssueRequest(msgspec.Struct, forbid_unknown_fields=True):
+    card_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    amount_minor: Annotated[int, msgspec.Meta(ge=0, le=AMOUNT_MINOR_MAX)]
+    number: Annotated[str, msgspec.Meta(min_length=1, max_length=CARD_NUMBER_LENGTH_MAX)] | None = (
+        None
+    )
+    location_code: LocationCode | None = None
+
+
+class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount_minor: AmountMinor
+    location_code: LocationCode | None = None
+
+
+class HoldRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount_minor: AmountMinor | None = None
+    ttl_seconds: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    location_code: LocationCode | None = None
+
+
+class CaptureRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount_minor: AmountMinor | None = None
+    location_code: LocationCode | None = None
+
+
+class BlockRequest(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_LENGTH_MAX)]
+
+
+class Hold(msgspec.Struct):
+    hold_id: str
+    client_id: str
+    amount_minor: int
+    expires_at: datetime
+
+
+class Card(msgspec.Struct):
+    number: str
+    ref: int
+    card_type: str
+    currency: str
+    status: str
+    original_minor: int
+    balance_minor: int
+    reserved_minor: int
+    available_minor: int
+    fixed_amount: bool
+    redeem_allowed: bool
+    reservations_allowed: bool
+    location_code: str | None
+    locked_site_id: int | None
+    expires_on: date | None
+    version: int
+    holds: list[Hold]
+
+
+class HoldResponse(msgspec.Struct):
+    hold_id: str
+    card: Card
+
+
+class Event(msgspec.Struct):
+    version: int
+    type: str
+    occurred_at: datetime | None
+    actor: str | None
+    location_code: str | None
+    amount_minor: int | None
+    data: dict[str, Any]
+
+
+class EventsPage(msgspec.Struct):
+    events: list[Event]
+    next_after_version: int | None
+
+
+def native_card(view: CardView) -> Card:
+    return Card(
+        number=view.number, ref=view.ref, card_type=view.card_type, currency=view.currency,
+        status=view.status, original_minor=view.original_minor, balance_minor=view.balance_minor,
+        reserved_minor=view.reserved_minor, available_minor=view.available_minor,
+        fixed_amount=view.fixed_amount, redeem_allowed=view.redeem_allowed,
+        reservations_allowed=view.reservations_allowed, location_code=view.location_code,
+        locked_site_id=view.locked_site_id, expires_on=view.expires_on, version=view.version,
+        holds=[Hold(h.hold_id, h.client_id, h.amount_minor, h.expires_at) for h in view.holds],
+    )  # fmt: skip
+
+
+_EVENT_META = {"originator_id", "originator_version", "timestamp", "occurred_at", "actor",
+               "location_code", "amount_minor", "originator_topic"}  # fmt: skip
+
+
+def native_event(domain_event: Any) -> Event:
+    attrs = dict(domain_event.__dict__)
+    return Event(
+        version=domain_event.originator_version,
+        type=type(domain_event).__name__,
+        occurred_at=attrs.get("occurred_at"),
+        actor=attrs.get("actor"),
+        location_code=attrs.get("location_code"),
+        amount_minor=attrs.get("amount_minor"),
+        data={k: v for k, v in attrs.items() if k not in _EVENT_META},
+    )
+
+
+@post("/cards", guards=[requires("cards:sell")])
+async def issue_card(
+    data: IssueRequest, request: Request[Client, Any, Any], service: CardService,
+    config: ConfigStore,
+) -> Card:  # fmt: skip
+    """Issue a card of a named card type; without a number, one is generated."""
+    card_type = await config.card_type(data.card_type)
+    if card_type is None:
+        raise ApiError("unknown_card_type", 422, f"card type {data.card_type!r} does not exist")
+    origin = await origin_for(config, request.user, data.location_code)
+    number = data.number or generated_identifier()
+    if data.number is not None and not card_type.matches(number):
+        raise ApiError("no_matching_card_type", 422, f"{number!r} does not fit {card_type.name}")
+    terms = CardTerms(
+        card_type=card_type.name,
+        currency=card_type.currency,
+        fixed_amount=card_type.fixed_amount,
+        redeem_allowed=card_type.redeem_allowed,
+        reservations_allowed=card_type.reservations_allowed,
+        expires_on=add_months(origin.occurred_at.date(), card_type.validity_months)
+        if card_type.validity_months
+        else None,
+    )
+    ref = await config.next_card_ref()
+    return native_card(await service.sell(number, ref, terms, data.amount_minor, origin))
+
+
+@get("/cards/{number:str}", guards=[requires("cards:read")])
+async def get_card(number: str, reader: CardReader) -> Card:
+    """The card with its balance, reserved and available amounts, and holds."""
+    view = await reader.get(number)
+    if view is None:
+        raise CardNotFound(f"card {number} does not exist")
+    return native_card(view)
+
+
+@post("/cards/{number:str}/redeem", status_code=200, guards=[requires("cards:redeem")])
+async def redeem(
+    number: str, data: AmountRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore,
+) -> Card:  # fmt: skip
+    origin = await origin_for(config, request.user, data.location_code)
+    return native_card(await service.redeem(number, data.amount_minor, origin))
+
+
+@post("/cards/{number:str}/holds", guards=[requires("cards:reserve")])
+async def hold(
+    number: str, data: HoldRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore,
+) -> HoldResponse:  # fmt: skip
+    """Hold an amount (or all that is available) for at most the configured hold TTL."""
+    origin = await origin_for(config, request.user, data.location_code)
+    view, hold_id = await service.reserve(number, data.amount_minor, data.ttl_seconds, origin)
+    return HoldResponse(hold_id=hold_id, card=native_card(view))
+
+
+@post("/cards/{number:str}/holds/{hold_id:str}/capture", status_code=200,
+      guards=[requires("cards:redeem")])  # fmt: skip
+async def capture(
+    number: str, hold_id: str, data: CaptureRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore,
+) -> Card:  # fmt: skip
+    origin = await origin_for(config, request.user, data.location_code)
+    return native_card(await service.capture(number, hold_id, data.amount_minor, origin))
+
+
+@post("/cards/{number:str}/holds/{hold_id:str}/void", status_code=200,
+      guards=[requires("cards:reserve")])  # fmt: skip
+async def void(
+    number: str, hold_id: str, request: Request[Client, Any, Any], service: CardService,
+    config: ConfigStore,
+) -> Card:  # fmt: skip
+    origin = await origin_for(config, request.user, None)
+    return native_card(await service.void(number, hold_id, origin))
+
+
+@post("/cards/{number:str}/load", status_code=200, guards=[requires("cards:sell")])
+async def load(
+    number: str, data: AmountRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore,
+) -> Card:  # fmt: skip
+    origin = await origin_for(config, request.user, data.location_code)
+    return native_card(await service.load(number, data.amount_minor, origin))
+
+
+@post("/cards/{number:str}/refund", status_code=200, guards=[requires("cards:redeem")])
+async def refund(
+    number: str, data: AmountRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore,
+) -> Card:  # fmt: skip
+    origin = await origin_for(config, request.user, data.location_code)
+    return native_card(await service.refund(number, data.amount_minor, origin))
+
+
+@post("/cards/{number:str}/block", status_code=200, guards=[requires("admin")])
+async def block(
+    number: str, data: BlockRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore,
+) -> Card:  # fmt: skip
+    origin = await origin_for(config, request.user, None)
+    return native_card(await service.block(number, data.reason, origin))
+
+
+@post("/cards/{number:str}/unblock", status_code=200, guards=[requires("admin")])
+async def unblock(
+    number: str, request: Request[Client, Any, Any], service: CardService, config: ConfigStore
+) -> Card:
+    origin = await origin_for(config, request.user, None)
+    return native_card(await service.unblock(number, origin))
+
+
+@get("/cards/{number:str}/events", guards=[requires("cards:read")])
+async def card_events(
+    number: str,
+    service: CardService,
+    after_version: Annotated[int, Parameter(ge=0)] = 0,
+    limit: Annotated[int, Parameter(gt=0, le=EVENTS_PAGE_SIZE_MAX)] = EVENTS_PAGE_SIZE_DEFAULT,
+) -> EventsPage:
+    """The card's events in order, a page at a time (pass next_after_version to continue)."""
+    events = [native_event(e) for e in await service.events(number, after_version, limit)]
+    next_after = events[-1].version if len(events) == limit else None
+    return EventsPage(events=events, next_after_version=next_after)
+
+
+def native_router(dependencies: dict[str, Provide]) -> Router:
+    return Router(
+        path="/v1",
+        route_handlers=[
+            issue_card,
+            get_card,
+            redeem,
+            hold,
+            capture,
+            void,
+            load,
+            refund,
+            block,
+            unblock,
+            card_events,
+        ],
+        dependencies=dependencies,
+        tags=["native"],
+    )

@@ -1,0 +1,169 @@
+"""Resico's Gift Card API, at its exact paths: an adapter over the card service."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Router, get, post
+from litestar.di import Provide
+from litestar.exceptions import PermissionDeniedException
+
+from api.auth import requires
+from api.context import DecimalNumberResponse, origin_for, utc_now
+from api.errors import ApiError, unknown_location
+from api.service import CardService
+from ledger.card import CardTerms, Origin, add_months
+from ledger.errors import CardNotFound
+from ledger.money import currency, to_major, to_minor
+from projections.cards import CardReader, CardView
+from projections.config import Client, ConfigStore
+
+TRANSACTION_NO_LENGTH_MAX = 8
+LOCATION_CODE_LENGTH_MAX = 64
+
+
+class ResicoCard(msgspec.Struct, rename="camel"):
+    id: int
+    gift_card_no: str
+    original_balance: Decimal
+    current_balance: Decimal
+    reserved_balance: Decimal
+    available_balance: Decimal
+    fixed_amount: bool
+    redeem_allowed: bool
+    location_code: str | None
+    status: str
+    expiry_date: date | None
+    currency: str
+
+
+class SellRequest(msgspec.Struct, rename="camel"):
+    amount: Decimal
+    transaction_no: Annotated[str, msgspec.Meta(max_length=TRANSACTION_NO_LENGTH_MAX)]
+    location_code: Annotated[str, msgspec.Meta(min_length=1, max_length=LOCATION_CODE_LENGTH_MAX)]
+
+
+class UseRequest(msgspec.Struct, rename="camel"):
+    amount: Decimal
+    # Not in Resico's document: lets a terminal say where it pays, for site-locked cards.
+    location_code: str | None = None
+
+
+class ReserveRequest(msgspec.Struct, rename="camel"):
+    location_code: Annotated[str, msgspec.Meta(min_length=1, max_length=LOCATION_CODE_LENGTH_MAX)]
+    amount: Decimal | None = None
+
+
+def resico_card(view: CardView) -> ResicoCard:
+    digits = currency(view.currency).minor_digits
+    return ResicoCard(
+        id=view.ref,
+        gift_card_no=view.number,
+        original_balance=to_major(view.original_minor, digits),
+        current_balance=to_major(view.balance_minor, digits),
+        reserved_balance=to_major(view.reserved_minor, digits),
+        available_balance=to_major(view.available_minor, digits),
+        fixed_amount=view.fixed_amount,
+        redeem_allowed=view.redeem_allowed,
+        location_code=view.location_code,
+        status=view.status,
+        expiry_date=view.expires_on,
+        currency=view.currency,
+    )
+
+
+async def _existing(reader: CardReader, number: str) -> CardView:
+    view = await reader.get(number)
+    if view is None:
+        raise CardNotFound(f"card {number} does not exist")
+    return view
+
+
+def _amount_minor(amount: Decimal, view_currency: str) -> int:
+    return to_minor(amount, currency(view_currency).minor_digits)
+
+
+@get("/cards/{card_id:str}", guards=[requires("cards:read")])
+async def get_card(card_id: str, reader: CardReader) -> ResicoCard:
+    """Get card info."""
+    return resico_card(await _existing(reader, card_id))
+
+
+@post("/cards/{card_id:str}", status_code=200, guards=[requires("cards:sell")])
+async def sell_card(
+    card_id: str, data: SellRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore,
+) -> ResicoCard:  # fmt: skip
+    """Sell (create) a card; its card type is the one whose prefix and length fit the number."""
+    client = request.user
+    origin = await origin_for(config, client, data.location_code)
+    card_type = await config.card_type_for_number(card_id)
+    if card_type is None:
+        raise ApiError("no_matching_card_type", 422, f"no card type fits the number {card_id!r}")
+    amount_minor = _amount_minor(data.amount, card_type.currency)
+    terms = CardTerms(
+        card_type=card_type.name,
+        currency=card_type.currency,
+        fixed_amount=card_type.fixed_amount,
+        redeem_allowed=card_type.redeem_allowed,
+        reservations_allowed=card_type.reservations_allowed,
+        expires_on=add_months(origin.occurred_at.date(), card_type.validity_months),
+    )
+    ref = await config.next_card_ref()
+    return resico_card(await service.sell(card_id, ref, terms, amount_minor, origin))
+
+
+@post(
+    "/transactions/{consumer_key:str}/cards/{card_id:str}",
+    status_code=200,
+    guards=[requires("cards:redeem")],
+)
+async def use_card(
+    consumer_key: str, card_id: str, data: UseRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore, reader: CardReader,
+) -> ResicoCard:  # fmt: skip
+    """Use a card for payment. The caller's own hold on the card is captured first."""
+    client = request.user
+    if consumer_key != client.consumer_key:
+        raise PermissionDeniedException("the consumer key is not this client's")
+    view = await _existing(reader, card_id)
+    amount_minor = _amount_minor(data.amount, view.currency)
+    origin = await origin_for(config, client, data.location_code)
+    return resico_card(await service.redeem(card_id, amount_minor, origin))
+
+
+@post("/reserve/{card_id:str}", status_code=200, guards=[requires("cards:reserve")])
+async def reserve_card(
+    card_id: str, data: ReserveRequest, request: Request[Client, Any, Any],
+    service: CardService, config: ConfigStore, reader: CardReader,
+) -> ResicoCard:  # fmt: skip
+    """Hold the whole available balance for the caller, or `amount` of it."""
+    view = await _existing(reader, card_id)
+    if await config.location(data.location_code) is None:
+        raise unknown_location(data.location_code)
+    amount_minor = None if data.amount is None else _amount_minor(data.amount, view.currency)
+    origin = await origin_for(config, request.user, data.location_code)
+    card, _hold_id = await service.reserve(card_id, amount_minor, None, origin)
+    return resico_card(card)
+
+
+@get("/cancelreserve/{card_id:str}", guards=[requires("cards:reserve")])
+async def cancel_reserve(
+    card_id: str, request: Request[Client, Any, Any], service: CardService
+) -> ResicoCard:
+    """Release the caller's hold on the card. Only the caller's own hold is touched."""
+    origin = Origin(occurred_at=utc_now(), actor=request.user.client_id)
+    return resico_card(await service.cancel_reservation(card_id, origin))
+
+
+def resico_router(dependencies: dict[str, Provide]) -> Router:
+    return Router(
+        path="/api/giftcards/v1",
+        route_handlers=[get_card, sell_card, use_card, reserve_card, cancel_reserve],
+        dependencies=dependencies,
+        response_class=DecimalNumberResponse,
+        tags=["resico"],
+    )

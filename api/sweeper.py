@@ -1,0 +1,41 @@
+"""Records the release of expired holds by itself, so reserved balances fall without a request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from api.context import utc_now
+from api.service import CardService, WriteContention
+from ledger.errors import LedgerError
+from projections.cards import CardReader
+
+logger = logging.getLogger("giftledger.sweeper")
+
+# Cards handled per sweep; the rest wait for the next one, a second later.
+HOLD_SWEEP_BATCH_MAX = 200
+
+
+async def sweep_expired_holds(reader: CardReader, service: CardService) -> int:
+    """Release every hold that has expired by now, card by card; returns the cards touched."""
+    now = utc_now()
+    numbers = await reader.numbers_with_expired_holds(now, HOLD_SWEEP_BATCH_MAX)
+    for number in numbers:
+        try:
+            await service.release_expired_holds(number, now)
+        except (LedgerError, WriteContention) as exc:
+            # Another worker may be releasing the same hold; the next sweep sees the outcome.
+            logger.info("hold sweep skipped card %s: %s", number, exc)
+    return len(numbers)
+
+
+async def run_hold_sweeper(reader: CardReader, service: CardService, interval_s: float) -> None:
+    while True:
+        try:
+            await sweep_expired_holds(reader, service)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The database may be briefly unreachable; the sweeper must outlive that.
+            logger.exception("hold sweep failed; retrying in %ss", interval_s)
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,140 @@
+"""The per-card read model: balances, holds and status, folded from the Card events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from ledger.card import Card, CardStatus
+
+
+class HoldView(msgspec.Struct, frozen=True):
+    hold_id: str
+    client_id: str
+    amount_minor: int
+    expires_at: datetime
+
+
+class CardView(msgspec.Struct, frozen=True):
+    card_id: UUID
+    number: str
+    ref: int
+    card_type: str
+    currency: str
+    original_minor: int
+    balance_minor: int
+    reserved_minor: int
+    status: str
+    fixed_amount: bool
+    redeem_allowed: bool
+    reservations_allowed: bool
+    location_code: str | None
+    locked_site_id: int | None
+    expires_on: date | None
+    presentation: int | None
+    version: int
+    holds: tuple[HoldView, ...] = ()
+
+    @property
+    def available_minor(self) -> int:
+        return self.balance_minor - self.reserved_minor
+
+
+def view_of(card: Card) -> CardView:
+    """The read model of a card is a pure function of the state its events folded to."""
+    terms = card.terms
+    return CardView(
+        card_id=card.id,
+        number=card.number,
+        ref=card.ref,
+        card_type=terms.card_type,
+        currency=terms.currency,
+        original_minor=card.original_minor,
+        balance_minor=card.balance_minor,
+        reserved_minor=card.reserved_minor,
+        status=CardStatus(card.status).value,
+        fixed_amount=terms.fixed_amount,
+        redeem_allowed=terms.redeem_allowed,
+        reservations_allowed=terms.reservations_allowed,
+        location_code=card.sold_location_code,
+        locked_site_id=terms.locked_site_id,
+        expires_on=terms.expires_on,
+        presentation=terms.presentation,
+        version=card.version,
+        holds=tuple(
+            HoldView(h.hold_id, h.client_id, h.amount_minor, h.expires_at)
+            for h in sorted(card.holds.values(), key=lambda h: h.hold_id)
+        ),
+    )
+
+
+_CARD_COLUMNS = (
+    "card_id, number, ref, card_type, currency, original_minor, balance_minor, reserved_minor,"
+    " status, fixed_amount, redeem_allowed, reservations_allowed, location_code, locked_site_id,"
+    " expires_on, presentation, version"
+)
+UPSERT_CARD_SQL = (
+    f"INSERT INTO card_views ({_CARD_COLUMNS}) VALUES"  # noqa: S608 - constant column list.
+    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (card_id) DO UPDATE SET balance_minor = EXCLUDED.balance_minor,"
+    " reserved_minor = EXCLUDED.reserved_minor, status = EXCLUDED.status,"
+    " version = EXCLUDED.version"
+)
+DELETE_HOLDS_SQL = "DELETE FROM card_holds WHERE card_id = %s"
+INSERT_HOLD_SQL = (
+    "INSERT INTO card_holds (hold_id, card_id, client_id, amount_minor, expires_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+def card_row(view: CardView) -> tuple[Any, ...]:
+    return (
+        view.card_id, view.number, view.ref, view.card_type, view.currency, view.original_minor,
+        view.balance_minor, view.reserved_minor, view.status, view.fixed_amount,
+        view.redeem_allowed, view.reservations_allowed, view.location_code, view.locked_site_id,
+        view.expires_on, view.presentation, view.version,
+    )  # fmt: skip
+
+
+def hold_rows(views: Iterable[CardView]) -> list[tuple[Any, ...]]:
+    return [
+        (h.hold_id, v.card_id, h.client_id, h.amount_minor, h.expires_at)
+        for v in views
+        for h in v.holds
+    ]
+
+
+class CardReader:
+    """Asynchronous reads of the card projection."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, number: str) -> CardView | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_CARD_COLUMNS} FROM card_views WHERE number = $1",  # noqa: S608
+                number,
+            )
+            if row is None:
+                return None
+            holds = await conn.fetch(
+                "SELECT hold_id, client_id, amount_minor, expires_at FROM card_holds"
+                " WHERE card_id = $1 ORDER BY hold_id",
+                row["card_id"],
+            )
+        return CardView(**dict(row), holds=tuple(HoldView(**dict(h)) for h in holds))
+
+    async def numbers_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT v.number FROM card_holds h JOIN card_views v USING (card_id)"
+            " WHERE h.expires_at <= $1 LIMIT $2",
+            now,
+            limit,
+        )
+        return [r["number"] for r in rows]

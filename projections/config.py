@@ -1,0 +1,204 @@
+"""Configuration the operator manages: locations, card types and API clients."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import asyncpg
+
+# scrypt parameters for client secrets: slow enough to make guessing expensive, fast enough
+# that a token request stays in the tens of milliseconds.
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve", "admin")
+DEFAULT_CLIENT_SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve")
+DEFAULT_ALLOWED_CHARS = "0123456789"
+CARD_NUMBER_LENGTH_MAX = 256
+
+
+@dataclass(frozen=True)
+class Location:
+    code: str
+    site_id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class CardType:
+    name: str
+    prefix: str
+    length: int
+    allowed_chars: str
+    fixed_amount: bool
+    redeem_allowed: bool
+    reservations_allowed: bool
+    validity_months: int
+    currency: str
+
+    def matches(self, number: str) -> bool:
+        return (
+            len(number) == self.length
+            and number.startswith(self.prefix)
+            and all(ch in self.allowed_chars for ch in number)
+        )
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    consumer_key: str
+    scopes: tuple[str, ...]
+    locations: tuple[str, ...]
+    revoked: bool
+
+    def may_act_at(self, location_code: str | None) -> bool:
+        return not self.locations or location_code in self.locations
+
+
+@dataclass(frozen=True)
+class NewClient:
+    client: Client
+    client_secret: str
+
+
+def hash_secret(secret: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    try:
+        _scheme, salt_hex, _digest = stored.split("$")
+    except ValueError:
+        return False
+    return hmac.compare_digest(hash_secret(secret, bytes.fromhex(salt_hex)), stored)
+
+
+def _client(row: asyncpg.Record) -> Client:
+    return Client(
+        client_id=row["client_id"],
+        name=row["name"],
+        consumer_key=row["consumer_key"],
+        scopes=tuple(row["scopes"]),
+        locations=tuple(row["locations"]),
+        revoked=row["revoked_at"] is not None,
+    )
+
+
+def _card_type(row: asyncpg.Record) -> CardType:
+    return CardType(**dict(row))
+
+
+class ConfigStore:
+    """Reads and writes the configuration tables. All methods are short single statements."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def add_location(self, code: str, site_id: int, name: str = "") -> Location:
+        await self._pool.execute(
+            "INSERT INTO locations (code, site_id, name) VALUES ($1, $2, $3)", code, site_id, name
+        )
+        return Location(code, site_id, name)
+
+    async def locations(self) -> list[Location]:
+        rows = await self._pool.fetch("SELECT code, site_id, name FROM locations ORDER BY code")
+        return [Location(**dict(r)) for r in rows]
+
+    async def location(self, code: str) -> Location | None:
+        row = await self._pool.fetchrow(
+            "SELECT code, site_id, name FROM locations WHERE code = $1", code
+        )
+        return Location(**dict(row)) if row else None
+
+    async def location_by_site(self, site_id: int) -> Location | None:
+        row = await self._pool.fetchrow(
+            "SELECT code, site_id, name FROM locations WHERE site_id = $1", site_id
+        )
+        return Location(**dict(row)) if row else None
+
+    async def add_card_type(self, card_type: CardType) -> CardType:
+        await self._pool.execute(
+            "INSERT INTO card_types (name, prefix, length, allowed_chars, fixed_amount,"
+            " redeem_allowed, reservations_allowed, validity_months, currency)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            card_type.name, card_type.prefix, card_type.length, card_type.allowed_chars,
+            card_type.fixed_amount, card_type.redeem_allowed, card_type.reservations_allowed,
+            card_type.validity_months, card_type.currency,
+        )  # fmt: skip
+        return card_type
+
+    async def card_types(self) -> list[CardType]:
+        rows = await self._pool.fetch("SELECT * FROM card_types ORDER BY name")
+        return [_card_type(r) for r in rows]
+
+    async def card_type(self, name: str) -> CardType | None:
+        row = await self._pool.fetchrow("SELECT * FROM card_types WHERE name = $1", name)
+        return _card_type(row) if row else None
+
+    async def card_type_for_number(self, number: str) -> CardType | None:
+        """The matching card type with the longest prefix: specific ranges win over broad ones."""
+        matching = [t for t in await self.card_types() if t.matches(number)]
+        return max(matching, key=lambda t: len(t.prefix), default=None)
+
+    async def create_client(
+        self, name: str, scopes: tuple[str, ...], locations: tuple[str, ...] = ()
+    ) -> NewClient:
+        client = Client(
+            client_id=f"cl_{secrets.token_hex(8)}",
+            name=name,
+            consumer_key=secrets.token_hex(16),
+            scopes=scopes,
+            locations=locations,
+            revoked=False,
+        )
+        secret = secrets.token_urlsafe(32)
+        await self._pool.execute(
+            "INSERT INTO clients (client_id, name, secret_hash, consumer_key, scopes, locations)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            client.client_id, name, hash_secret(secret), client.consumer_key,
+            list(scopes), list(locations),
+        )  # fmt: skip
+        return NewClient(client, secret)
+
+    async def clients(self) -> list[Client]:
+        rows = await self._pool.fetch("SELECT * FROM clients ORDER BY created_at, client_id")
+        return [_client(r) for r in rows]
+
+    async def client(self, client_id: str) -> Client | None:
+        row = await self._pool.fetchrow("SELECT * FROM clients WHERE client_id = $1", client_id)
+        return _client(row) if row else None
+
+    async def authenticate(self, client_id: str, secret: str) -> Client | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM clients WHERE client_id = $1 AND revoked_at IS NULL", client_id
+        )
+        if row is None or not verify_secret(secret, row["secret_hash"]):
+            return None
+        return _client(row)
+
+    async def revoke_client(self, client_id: str) -> bool:
+        status = await self._pool.execute(
+            "UPDATE clients SET revoked_at = now() WHERE client_id = $1 AND revoked_at IS NULL",
+            client_id,
+        )
+        return str(status).endswith(" 1")
+
+    async def setting(self, key: str, default: str) -> str:
+        """A service-wide setting, created with the default on first use, then fixed."""
+        await self._pool.execute(
+            "INSERT INTO service_settings (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            key,
+            default,
+        )
+        value = await self._pool.fetchval("SELECT value FROM service_settings WHERE key = $1", key)
+        return str(value)
+
+    async def next_card_ref(self) -> int:
+        return int(await self._pool.fetchval("SELECT nextval('card_ref_seq')"))

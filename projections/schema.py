@@ -1,0 +1,90 @@
+"""The schema beside the event store, created and migrated automatically at start-up."""
+
+from __future__ import annotations
+
+import asyncpg
+
+# Migrations only ever append; each runs once, in order, under an advisory lock, so several
+# workers or instances starting together migrate exactly once.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE locations (
+        code text PRIMARY KEY,
+        site_id integer NOT NULL UNIQUE,
+        name text NOT NULL DEFAULT ''
+    );
+    CREATE TABLE card_types (
+        name text PRIMARY KEY,
+        prefix text NOT NULL DEFAULT '',
+        length integer NOT NULL,
+        allowed_chars text NOT NULL DEFAULT '0123456789',
+        fixed_amount boolean NOT NULL,
+        redeem_allowed boolean NOT NULL DEFAULT true,
+        reservations_allowed boolean NOT NULL,
+        validity_months integer NOT NULL DEFAULT 36,
+        currency text NOT NULL
+    );
+    CREATE TABLE clients (
+        client_id text PRIMARY KEY,
+        name text NOT NULL,
+        secret_hash text NOT NULL,
+        consumer_key text NOT NULL UNIQUE,
+        scopes text[] NOT NULL,
+        locations text[] NOT NULL DEFAULT '{}',
+        created_at timestamptz NOT NULL DEFAULT now(),
+        revoked_at timestamptz
+    );
+    CREATE TABLE service_settings (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    );
+    CREATE SEQUENCE card_ref_seq START 1000;
+    CREATE TABLE card_views (
+        card_id uuid PRIMARY KEY,
+        number text NOT NULL UNIQUE,
+        ref bigint NOT NULL,
+        card_type text NOT NULL,
+        currency text NOT NULL,
+        original_minor bigint NOT NULL,
+        balance_minor bigint NOT NULL CHECK (balance_minor >= 0),
+        reserved_minor bigint NOT NULL CHECK (reserved_minor >= 0),
+        status text NOT NULL,
+        fixed_amount boolean NOT NULL,
+        redeem_allowed boolean NOT NULL,
+        reservations_allowed boolean NOT NULL,
+        location_code text,
+        locked_site_id integer,
+        expires_on date,
+        presentation integer,
+        version integer NOT NULL,
+        CHECK (reserved_minor <= balance_minor)
+    );
+    CREATE TABLE card_holds (
+        hold_id text PRIMARY KEY,
+        card_id uuid NOT NULL,
+        client_id text NOT NULL,
+        amount_minor bigint NOT NULL CHECK (amount_minor > 0),
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX card_holds_card_id ON card_holds (card_id);
+    CREATE INDEX card_holds_expires_at ON card_holds (expires_at);
+    """,
+)
+
+_MIGRATION_LOCK_KEY = 0x6769667400  # "gift" in hex, a fixed key for pg_advisory_xact_lock.
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Apply the migrations this database has not seen; returns how many were applied."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        for version, statement in enumerate(MIGRATIONS, start=1):
+            if version > done:
+                await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        return len(MIGRATIONS) - int(done)
