@@ -23,6 +23,12 @@ def embedded_url(data_dir: Path) -> str:
     return str(server.get_uri())
 
 
+def stop_embedded(data_dir: Path) -> None:
+    server = _EMBEDDED.pop((data_dir / "pgdata").resolve(), None)
+    if server is not None:
+        server.cleanup()
+
+
 def eventsourcing_env(url: str) -> dict[str, str]:
     """Translate a postgresql:// URL into eventsourcing's POSTGRES_* settings."""
     parts = urlsplit(url)
