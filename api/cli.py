@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -70,7 +72,23 @@ def serve(host: str, port: int, workers: int) -> None:
     os.environ["GIFTLEDGER_DATABASE_URL"] = url
     if demo:
         _print_demo(demo, host, port)
+    _exit_cleanly_on_signals()
     uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+
+
+def _exit_cleanly_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into a normal exit, so the embedded PostgreSQL is stopped.
+
+    uvicorn shuts down gracefully, then re-raises the signal it caught against the handler that
+    was installed before it; with the default handler the process would die without running
+    its exit hooks, leaving the private database server behind.
+    """
+
+    def leave(signum: int, _frame: object) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
 
 
 def _print_demo(demo: dict[str, Any], host: str, port: int) -> None:
