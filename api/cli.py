@@ -16,6 +16,7 @@ import click
 
 from api.bootstrap import database_url, prepare_database, seed_demo
 from api.settings import Settings
+from ledger.errors import LedgerError
 from projections.config import (
     DEFAULT_ALLOWED_CHARS,
     DEFAULT_CLIENT_SCOPES,
@@ -41,6 +42,10 @@ def _with_config(action: Callable[[ConfigStore], Awaitable[T]]) -> T:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
         try:
             return await action(ConfigStore(pool))
+        except asyncpg.UniqueViolationError as exc:
+            raise click.ClickException(f"already exists: {exc.detail or exc}") from None
+        except LedgerError as exc:
+            raise click.ClickException(exc.detail) from None
         finally:
             await pool.close()
 
@@ -151,8 +156,10 @@ def card_types_add(
     name: str, length: int, prefix: str, chars: str, dynamic: bool, no_reservations: bool,
     no_redeem: bool, currency: str, validity_months: int,
 ) -> None:  # fmt: skip
-    from ledger.money import currency as known_currency
+    from ledger.money import CURRENCIES
 
+    if currency.upper() not in CURRENCIES:
+        raise click.BadParameter(f"unknown currency; known: {', '.join(CURRENCIES)}")
     card_type = CardType(
         name=name,
         prefix=prefix,
@@ -162,7 +169,7 @@ def card_types_add(
         redeem_allowed=not no_redeem,
         reservations_allowed=not (dynamic or no_reservations),
         validity_months=validity_months,
-        currency=known_currency(currency).alpha,
+        currency=currency.upper(),
     )
     click.echo(json.dumps(asdict(_with_config(lambda c: c.add_card_type(card_type)))))
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Router, get, post
 from litestar.di import Provide
+from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
 from api.auth import requires
@@ -258,9 +259,26 @@ async def card_events(
     return EventsPage(events=events, next_after_version=next_after)
 
 
+async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
+    """Refuse bodies whose JSON types are wrong, before Litestar's lenient conversion.
+
+    Litestar converts request data with `strict=False`, which would turn "10" or 10.0 into the
+    integer 10. The native API takes amounts as exact JSON integers only, so each body is first
+    decoded strictly into the handler's own `data` type.
+    """
+    parameter = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if parameter is None:
+        return
+    try:
+        msgspec.json.decode(await request.body(), type=parameter.annotation)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationException(detail=str(exc)) from None
+
+
 def native_router(dependencies: dict[str, Provide]) -> Router:
     return Router(
         path="/v1",
+        before_request=decode_body_strictly,
         route_handlers=[
             issue_card,
             get_card,
