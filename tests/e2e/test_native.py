@@ -353,9 +353,7 @@ async def test_events_of_an_unknown_card_are_a_404(http, world):
 # Validation.
 
 
-@pytest.mark.parametrize(
-    "amount", [0, -5, 1.5, 10**12, "10", 10.0, "1e3"]
-)
+@pytest.mark.parametrize("amount", [0, -5, 1.5, 10**12, "10", 10.0, "1e3"])
 @pytest.mark.parametrize("action", ["redeem", "refund", "holds"])
 async def test_a_bad_amount_is_a_validation_problem_and_changes_nothing(
     http, world, action, amount
