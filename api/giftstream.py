@@ -19,8 +19,8 @@ from api.context import DecimalNumberResponse, origin_for, utc_now
 from api.errors import GIFTSTREAM_EXCEPTION_HANDLERS, GiftStreamError
 from api.service import CardService
 from api.settings import Settings
-from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months
-from ledger.errors import InvalidAmount
+from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months, check_card_number
+from ledger.errors import InvalidAmount, InvalidCardNumber
 from ledger.money import CURRENCIES_BY_NUMERIC, to_major, to_minor
 from projections.config import Client, ConfigStore
 
@@ -82,7 +82,13 @@ def _integer(fields: dict[str, Any], name: str, label: str) -> int | None:
     value = fields.get(name)
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+    text = str(value)
+    # isdigit() alone admits digits such as "²" that int() refuses: only ASCII digits count.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | str)
+        or not (text.isascii() and text.isdigit())
+    ):
         raise _invalid(f"Invalid {label}")
     return int(value)
 
@@ -128,10 +134,14 @@ def parse_request(fields: dict[str, Any], settings: Settings) -> GiftCardRequest
     if identifier is not None and not isinstance(identifier, str | int):
         raise _invalid("Invalid Identifier")
     identifier = None if identifier in (None, "") else str(identifier)
-    if identifier is not None and (
-        len(identifier) > CARD_NUMBER_LENGTH_MAX or not identifier.isprintable()
-    ):
-        raise _invalid(f"Identifier must be 1 to {CARD_NUMBER_LENGTH_MAX} printable characters")
+    if identifier is not None:
+        try:
+            check_card_number(identifier)
+        except InvalidCardNumber:
+            raise _invalid(
+                f"Identifier must be 1 to {CARD_NUMBER_LENGTH_MAX} characters,"
+                " without spaces or slashes"
+            ) from None
     return GiftCardRequest(
         card_type=card_type,
         currency_code=currency_code,

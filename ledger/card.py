@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -90,9 +90,15 @@ def card_id_for(number: str) -> uuid.UUID:
 
 
 def check_card_number(number: str) -> None:
-    if not 1 <= len(number) <= CARD_NUMBER_LENGTH_MAX or not number.isprintable():
+    """Card numbers travel in URL paths, so they hold no white space and no slash."""
+    if (
+        not 1 <= len(number) <= CARD_NUMBER_LENGTH_MAX
+        or not number.isprintable()
+        or any(ch.isspace() or ch == "/" for ch in number)
+    ):
         raise InvalidCardNumber(
-            f"card number must be 1 to {CARD_NUMBER_LENGTH_MAX} printable chars"
+            f"card number must be 1 to {CARD_NUMBER_LENGTH_MAX} printable characters,"
+            " without spaces or slashes"
         )
 
 
@@ -182,15 +188,23 @@ class Card(Aggregate):
     def available_minor(self) -> int:
         return self.balance_minor - self.reserved_minor
 
-    def hold_of(self, client_id: str) -> Hold | None:
-        return next((h for h in self.holds.values() if h.client_id == client_id), None)
+    def live_holds(self, now: datetime) -> list[Hold]:
+        """Holds still in force at `now`; an expired hold binds nothing, even before its release."""
+        return [h for h in self.holds.values() if h.expires_at > now]
+
+    def available_at(self, now: datetime) -> int:
+        return self.balance_minor - sum(h.amount_minor for h in self.live_holds(now))
+
+    def hold_of(self, client_id: str, now: datetime) -> Hold | None:
+        return next((h for h in self.live_holds(now) if h.client_id == client_id), None)
 
     def is_past_expiry(self, now: datetime) -> bool:
         """A card can be used through its expiry date, in UTC, and not after it."""
         expires_on = self.terms.expires_on
-        return expires_on is not None and now.date() > expires_on
+        return expires_on is not None and now.astimezone(UTC).date() > expires_on
 
-    # Guards.
+    # Guards. Every command checks all of them before it records its first event, expired-hold
+    # releases included, so a refused command records nothing.
 
     def check_usable(self, origin: Origin) -> None:
         if self.status is CardStatus.EXPIRED or self.is_past_expiry(origin.occurred_at):
@@ -215,14 +229,15 @@ class Card(Aggregate):
 
     def redeem(self, amount_minor: int, origin: Origin) -> None:
         """Pay with the card. The caller's own hold is captured first; its rest is released."""
+        now = origin.occurred_at
         check_amount(amount_minor)
-        self.release_expired_holds(origin)
         self.check_usable(origin)
         if not self.terms.redeem_allowed:
             raise RedeemNotAllowed(f"card type {self.terms.card_type} cannot be redeemed")
-        hold = self.hold_of(origin.actor)
+        hold = self.hold_of(origin.actor, now)
         held_minor = hold.amount_minor if hold else 0
-        self.check_funds(amount_minor, held_minor + self.available_minor)
+        self.check_funds(amount_minor, held_minor + self.available_at(now))
+        self.release_expired_holds(origin)
         rest_minor = amount_minor
         if hold is not None:
             captured_minor = min(amount_minor, held_minor)
@@ -239,32 +254,33 @@ class Card(Aggregate):
         A client has one hold per card at most: a new reservation replaces its previous hold.
         """
         assert ttl_seconds > 0
-        self.release_expired_holds(origin)
+        now = origin.occurred_at
         self.check_reservations_allowed()
         self.check_usable(origin)
-        previous = self.hold_of(origin.actor)
-        spendable_minor = self.available_minor + (previous.amount_minor if previous else 0)
-        wanted_minor = spendable_minor if amount_minor is None else amount_minor
         if amount_minor is not None:
             check_amount(amount_minor)
+        previous = self.hold_of(origin.actor, now)
+        spendable_minor = self.available_at(now) + (previous.amount_minor if previous else 0)
+        wanted_minor = spendable_minor if amount_minor is None else amount_minor
         if wanted_minor == 0:
             raise InsufficientFunds("nothing available to reserve")
         self.check_funds(wanted_minor, spendable_minor)
-        if previous is None and len(self.holds) >= HOLDS_PER_CARD_MAX:
+        if previous is None and len(self.live_holds(now)) >= HOLDS_PER_CARD_MAX:
             raise TooManyHolds(f"a card can have at most {HOLDS_PER_CARD_MAX} holds")
+        self.release_expired_holds(origin)
         if previous is not None:
             self._reservation_released(
                 previous.hold_id, previous.amount_minor, ReleaseReason.CANCELLED, *_where(origin)
             )
-        expires_at = origin.occurred_at + timedelta(seconds=ttl_seconds)
+        expires_at = now + timedelta(seconds=ttl_seconds)
         self._reserved(hold_id, origin.actor, wanted_minor, expires_at, *_where(origin))
         return self.holds[hold_id]
 
     def cancel_reservation(self, origin: Origin) -> None:
         """Release the caller's hold, if it has one; cancelling twice changes nothing."""
         self.check_reservations_allowed()
+        hold = self.hold_of(origin.actor, origin.occurred_at)
         self.release_expired_holds(origin)
-        hold = self.hold_of(origin.actor)
         if hold is not None:
             self._reservation_released(
                 hold.hold_id, hold.amount_minor, ReleaseReason.CANCELLED, *_where(origin)
@@ -273,19 +289,19 @@ class Card(Aggregate):
     def capture(self, hold_id: str, amount_minor: int | None, origin: Origin) -> None:
         """Spend from a named hold of the caller's; what is left of the hold is released."""
         self.check_reservations_allowed()
-        self.release_expired_holds(origin)
         hold = self._own_hold(hold_id, origin)
         self.check_usable(origin)
         captured_minor = hold.amount_minor if amount_minor is None else amount_minor
         check_amount(captured_minor)
         if captured_minor > hold.amount_minor:
             raise CaptureExceedsHold(f"hold {hold_id} holds only {hold.amount_minor}")
+        self.release_expired_holds(origin)
         self._settle_hold(hold, captured_minor, origin)
 
     def void(self, hold_id: str, origin: Origin) -> None:
         self.check_reservations_allowed()
-        self.release_expired_holds(origin)
         hold = self._own_hold(hold_id, origin)
+        self.release_expired_holds(origin)
         self._reservation_released(
             hold.hold_id, hold.amount_minor, ReleaseReason.CANCELLED, *_where(origin)
         )
@@ -305,6 +321,8 @@ class Card(Aggregate):
         self.check_usable(origin)
         if amount_minor > self.spent_minor:
             raise RefundExceedsSpent(f"only {self.spent_minor} minor units were spent")
+        if self.balance_minor + amount_minor > BALANCE_MINOR_MAX:
+            raise BalanceLimitExceeded(f"a card holds at most {BALANCE_MINOR_MAX} minor units")
         self._refunded(amount_minor, *_where(origin))
 
     def block(self, reason: str, origin: Origin) -> None:
@@ -341,7 +359,7 @@ class Card(Aggregate):
 
     def _own_hold(self, hold_id: str, origin: Origin) -> Hold:
         hold = self.holds.get(hold_id)
-        if hold is None or hold.client_id != origin.actor:
+        if hold is None or hold.client_id != origin.actor or hold.expires_at <= origin.occurred_at:
             raise HoldNotFound(f"no hold {hold_id} of yours on this card")
         return hold
 

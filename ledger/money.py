@@ -11,6 +11,8 @@ from ledger.errors import InvalidAmount, UnknownCurrency
 # 100 million major units keeps every sum far inside a signed 64-bit column.
 AMOUNT_MINOR_MAX = 10_000_000_000
 BALANCE_MINOR_MAX = 10_000_000_000
+# Digits before the decimal point worth scaling at all; anything larger is refused outright.
+AMOUNT_DIGITS_MAX = 18
 
 
 class Currency(NamedTuple):
@@ -71,7 +73,13 @@ def to_minor(
         raise InvalidAmount(f"amount {amount!r} is not a decimal number") from None
     if not value.is_finite():
         raise InvalidAmount("amount must be a finite number")
-    scaled = value.scaleb(minor_digits)
+    # Decide on the magnitude first, so that scaling can neither overflow (1e999999) nor
+    # underflow a tiny non-zero amount (1e-999999) to zero.
+    if value and value.adjusted() > AMOUNT_DIGITS_MAX:
+        raise InvalidAmount("amount is too large")
+    if value and value.adjusted() < -minor_digits:
+        raise InvalidAmount(f"amount has more than {minor_digits} decimals")
+    scaled = value.scaleb(minor_digits) if value else Decimal(0)
     if scaled != scaled.to_integral_value():
         raise InvalidAmount(f"amount has more than {minor_digits} decimals")
     minor = int(scaled)

@@ -132,7 +132,8 @@ class CardReader:
 
     async def numbers_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
         rows = await self._pool.fetch(
-            "SELECT DISTINCT v.number FROM card_holds h JOIN card_views v USING (card_id)"
+            # card_views before card_holds: the one lock order every statement here keeps.
+            "SELECT DISTINCT v.number FROM card_views v JOIN card_holds h USING (card_id)"
             " WHERE h.expires_at <= $1 LIMIT $2",
             now,
             limit,

@@ -18,6 +18,7 @@ SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve", "admin")
 DEFAULT_CLIENT_SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve")
 DEFAULT_ALLOWED_CHARS = "0123456789"
 CARD_NUMBER_LENGTH_MAX = 256
+SITE_ID_MAX = 2**31 - 1  # The site_id column is a PostgreSQL integer.
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class ConfigStore:
         return Location(**dict(row)) if row else None
 
     async def location_by_site(self, site_id: int) -> Location | None:
+        if not 0 <= site_id <= SITE_ID_MAX:
+            return None
         row = await self._pool.fetchrow(
             "SELECT code, site_id, name FROM locations WHERE site_id = $1", site_id
         )

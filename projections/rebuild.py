@@ -20,8 +20,10 @@ REBUILD_BATCH_ROWS = 5_000
 def rebuild_card_projection(ledger: Application[Any]) -> tuple[int, int]:
     """Replay the log into fresh card rows; returns (events replayed, cards written).
 
-    The event table is locked for the duration, exactly as every writer locks it, so no write
-    can slip between the replay and the swap of the projection rows.
+    No write can slip between the replay and the swap of the projection rows: the projection
+    tables and then the event table are locked for the duration, in the order every writer
+    takes them (a writer upserts card rows before it locks the event table), so the two never
+    wait on each other in a cycle.
     """
     recorder = ledger.recorder
     assert isinstance(recorder, PostgresApplicationRecorder)
@@ -29,6 +31,7 @@ def rebuild_card_projection(ledger: Application[Any]) -> tuple[int, int]:
     cards: dict[UUID, Card] = {}
     replayed = 0
     with recorder.datastore.transaction(commit=True) as curs:
+        curs.execute("LOCK TABLE card_views, card_holds IN ACCESS EXCLUSIVE MODE")
         curs.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
         with curs.connection.cursor(name="giftledger_rebuild") as rows:
             rows.execute(

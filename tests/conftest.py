@@ -1,4 +1,4 @@
-"""Shared fixtures: a real PostgreSQL (embedded, or GIFTLEDGER_TEST_DATABASE_URL), the app, clients."""
+"""Shared fixtures: a real PostgreSQL (embedded or GIFTLEDGER_TEST_DATABASE_URL), app, clients."""
 
 from __future__ import annotations
 
@@ -93,7 +93,9 @@ async def pool(database_url: str, http: AsyncTestClient[Litestar]) -> AsyncItera
         yield test_pool
 
 
-TABLES = "giftledger_events, card_views, card_holds, locations, card_types, clients"
+# In the lock order the app keeps (card rows, then the event table), so a sweep or write still
+# in flight cannot deadlock with the truncation.
+TABLES = "card_views, card_holds, giftledger_events, locations, card_types, clients"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The dependency arrows point one way: ledger imports only the stdlib, eventsourcing and msgspec."""
+"""Dependencies point one way: ledger imports only the stdlib, eventsourcing and msgspec."""
 
 from __future__ import annotations
 
