@@ -59,7 +59,12 @@ def create_app(settings: Settings) -> Litestar:
         ledger = await anyio.to_thread.run_sync(
             lambda: CardLedger(env=ledger_env(eventsourcing_env(url)))
         )
-        service = CardService(ledger, settings.hold_ttl_seconds)
+        service = CardService(
+            ledger,
+            settings.hold_ttl_seconds,
+            batch_size_max=settings.batch_size_max,
+            batch_linger_seconds=settings.batch_linger_ms / 1000,
+        )
         config = ConfigStore(pool)
         reader = CardReader(pool)
         app.state.update(
@@ -75,6 +80,7 @@ def create_app(settings: Settings) -> Litestar:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await anyio.to_thread.run_sync(service.close)
             await pool.close()
             ledger.close()
 

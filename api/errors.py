@@ -17,8 +17,17 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
-from api.service import WriteContention
 from ledger.errors import ErrorCode, LedgerError
+
+
+class WriteContention(Exception):
+    """A card was written by others on every retry, or the writer is full; retry later."""
+
+    retry_after_seconds = 1
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was first used with a different request."""
 
 
 class ApiError(Exception):
@@ -93,6 +102,10 @@ def _contention_problem(exc: WriteContention) -> ProblemDetailsException:
     )
 
 
+def _idempotency_problem(exc: IdempotencyKeyReused) -> ProblemDetailsException:
+    return _problem(422, "idempotency_key_reused", str(exc))
+
+
 def _http_problem(exc: HTTPException) -> ProblemDetailsException:
     code = CODE_BY_HTTP_STATUS.get(exc.status_code, "error")
     return ProblemDetailsException(
@@ -113,6 +126,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 LedgerError: _ledger_problem,
                 ApiError: _api_problem,
                 WriteContention: _contention_problem,
+                IdempotencyKeyReused: _idempotency_problem,
             }
         )
     )
@@ -155,6 +169,8 @@ def giftstream_exception_handler(_: Request[Any, Any, Any], exc: Exception) -> R
     if isinstance(exc, ApiError):
         status = 403 if exc.status == 403 else 400
         return _giftstream_response(status, GIFTSTREAM_MESSAGES.get(exc.code, exc.detail))
+    if isinstance(exc, IdempotencyKeyReused):
+        return _giftstream_response(422, f"Data Invalid: {exc}")
     if isinstance(exc, WriteContention):
         response = _giftstream_response(503, "Service busy, please retry")
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
@@ -169,5 +185,6 @@ GIFTSTREAM_EXCEPTION_HANDLERS = {
     LedgerError: giftstream_exception_handler,
     ApiError: giftstream_exception_handler,
     WriteContention: giftstream_exception_handler,
+    IdempotencyKeyReused: giftstream_exception_handler,
     HTTPException: giftstream_exception_handler,
 }

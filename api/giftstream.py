@@ -8,6 +8,7 @@ import string
 import time
 from datetime import date
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -17,11 +18,13 @@ from litestar.di import Provide
 from api.auth import requires
 from api.context import DecimalNumberResponse, origin_for, utc_now
 from api.errors import GIFTSTREAM_EXCEPTION_HANDLERS, GiftStreamError
+from api.idempotency import idempotent_write, present
 from api.service import CardService
 from api.settings import Settings
 from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months, check_card_number
 from ledger.errors import InvalidAmount, InvalidCardNumber
 from ledger.money import CURRENCIES_BY_NUMERIC, to_major, to_minor
+from projections.cards import CardView
 from projections.config import Client, ConfigStore
 
 INITIAL_BALANCE_MINOR_MAX = 9_999_999  # 99999.99, GiftStream's documented maximum.
@@ -200,8 +203,14 @@ async def create_giftcard(
     origin = await origin_for(config, request.user, location_code)
     terms = await _terms(parsed, settings, config, utc_now().date())
     number = parsed.identifier or generated_identifier()
+    render = partial(giftstream_response, parsed)
+    idem = await idempotent_write(request, render)
     ref = await config.next_card_ref()
-    view = await service.sell(number, ref, terms, parsed.initial_balance_minor, origin)
+    view = await service.sell(number, ref, terms, parsed.initial_balance_minor, origin, idem)
+    return present(view, render)
+
+
+def giftstream_response(parsed: GiftCardRequest, view: CardView) -> GiftStreamResponse:
     return GiftStreamResponse(
         message="OK",
         records_updated=1,

@@ -15,7 +15,8 @@ from api.auth import requires
 from api.context import origin_for
 from api.errors import ApiError
 from api.giftstream import generated_identifier
-from api.service import CardService
+from api.idempotency import idempotent_write, present
+from api.service import CardService, new_hold_id
 from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months
 from ledger.errors import CardNotFound
 from ledger.money import AMOUNT_MINOR_MAX
@@ -159,7 +160,10 @@ async def issue_card(
         else None,
     )
     ref = await config.next_card_ref()
-    return native_card(await service.sell(number, ref, terms, data.amount_minor, origin))
+    idem = await idempotent_write(request, native_card, status_code=201)
+    return present(
+        await service.sell(number, ref, terms, data.amount_minor, origin, idem), native_card
+    )
 
 
 @get("/cards/{number:str}", guards=[requires("cards:read")])
@@ -177,7 +181,8 @@ async def redeem(
     service: CardService, config: ConfigStore,
 ) -> Card:  # fmt: skip
     origin = await origin_for(config, request.user, data.location_code)
-    return native_card(await service.redeem(number, data.amount_minor, origin))
+    idem = await idempotent_write(request, native_card)
+    return present(await service.redeem(number, data.amount_minor, origin, idem), native_card)
 
 
 @post("/cards/{number:str}/holds", guards=[requires("cards:reserve")])
@@ -187,8 +192,16 @@ async def hold(
 ) -> HoldResponse:  # fmt: skip
     """Hold an amount (or all that is available) for at most the configured hold TTL."""
     origin = await origin_for(config, request.user, data.location_code)
-    view, hold_id = await service.reserve(number, data.amount_minor, data.ttl_seconds, origin)
-    return HoldResponse(hold_id=hold_id, card=native_card(view))
+    hold_id = new_hold_id()
+
+    def render(view: CardView) -> HoldResponse:
+        return HoldResponse(hold_id=hold_id, card=native_card(view))
+
+    idem = await idempotent_write(request, render, status_code=201)
+    outcome = await service.reserve(
+        number, data.amount_minor, data.ttl_seconds, origin, hold_id, idem
+    )
+    return present(outcome, render)
 
 
 @post("/cards/{number:str}/holds/{hold_id:str}/capture", status_code=200,
@@ -198,7 +211,9 @@ async def capture(
     service: CardService, config: ConfigStore,
 ) -> Card:  # fmt: skip
     origin = await origin_for(config, request.user, data.location_code)
-    return native_card(await service.capture(number, hold_id, data.amount_minor, origin))
+    idem = await idempotent_write(request, native_card)
+    outcome = await service.capture(number, hold_id, data.amount_minor, origin, idem)
+    return present(outcome, native_card)
 
 
 @post("/cards/{number:str}/holds/{hold_id:str}/void", status_code=200,
@@ -208,7 +223,8 @@ async def void(
     config: ConfigStore,
 ) -> Card:  # fmt: skip
     origin = await origin_for(config, request.user, None)
-    return native_card(await service.void(number, hold_id, origin))
+    idem = await idempotent_write(request, native_card)
+    return present(await service.void(number, hold_id, origin, idem), native_card)
 
 
 @post("/cards/{number:str}/load", status_code=200, guards=[requires("cards:sell")])
@@ -217,7 +233,8 @@ async def load(
     service: CardService, config: ConfigStore,
 ) -> Card:  # fmt: skip
     origin = await origin_for(config, request.user, data.location_code)
-    return native_card(await service.load(number, data.amount_minor, origin))
+    idem = await idempotent_write(request, native_card)
+    return present(await service.load(number, data.amount_minor, origin, idem), native_card)
 
 
 @post("/cards/{number:str}/refund", status_code=200, guards=[requires("cards:redeem")])
@@ -226,7 +243,8 @@ async def refund(
     service: CardService, config: ConfigStore,
 ) -> Card:  # fmt: skip
     origin = await origin_for(config, request.user, data.location_code)
-    return native_card(await service.refund(number, data.amount_minor, origin))
+    idem = await idempotent_write(request, native_card)
+    return present(await service.refund(number, data.amount_minor, origin, idem), native_card)
 
 
 @post("/cards/{number:str}/block", status_code=200, guards=[requires("admin")])
@@ -235,7 +253,8 @@ async def block(
     service: CardService, config: ConfigStore,
 ) -> Card:  # fmt: skip
     origin = await origin_for(config, request.user, None)
-    return native_card(await service.block(number, data.reason, origin))
+    idem = await idempotent_write(request, native_card)
+    return present(await service.block(number, data.reason, origin, idem), native_card)
 
 
 @post("/cards/{number:str}/unblock", status_code=200, guards=[requires("admin")])
@@ -243,7 +262,8 @@ async def unblock(
     number: str, request: Request[Client, Any, Any], service: CardService, config: ConfigStore
 ) -> Card:
     origin = await origin_for(config, request.user, None)
-    return native_card(await service.unblock(number, origin))
+    idem = await idempotent_write(request, native_card)
+    return present(await service.unblock(number, origin, idem), native_card)
 
 
 @get("/cards/{number:str}/events", guards=[requires("cards:read")])

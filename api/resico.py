@@ -14,7 +14,8 @@ from litestar.exceptions import PermissionDeniedException
 from api.auth import requires
 from api.context import DecimalNumberResponse, origin_for, utc_now
 from api.errors import ApiError, unknown_location
-from api.service import CardService
+from api.idempotency import idempotent_write, present
+from api.service import CardService, new_hold_id
 from ledger.card import CardTerms, Origin, add_months
 from ledger.errors import CardNotFound
 from ledger.money import currency, to_major, to_minor
@@ -112,8 +113,11 @@ async def sell_card(
         reservations_allowed=card_type.reservations_allowed,
         expires_on=add_months(origin.occurred_at.date(), card_type.validity_months),
     )
+    # A sale is also deduplicated on (locationCode, transactionNo), as a POS retries it.
+    sale_key = (f"resico-sale:{data.location_code}", data.transaction_no)
+    idem = await idempotent_write(request, resico_card, extra_keys=(sale_key,))
     ref = await config.next_card_ref()
-    return resico_card(await service.sell(card_id, ref, terms, amount_minor, origin))
+    return present(await service.sell(card_id, ref, terms, amount_minor, origin, idem), resico_card)
 
 
 @post(
@@ -132,7 +136,8 @@ async def use_card(
     view = await _existing(reader, card_id)
     amount_minor = _amount_minor(data.amount, view.currency)
     origin = await origin_for(config, client, data.location_code)
-    return resico_card(await service.redeem(card_id, amount_minor, origin))
+    idem = await idempotent_write(request, resico_card)
+    return present(await service.redeem(card_id, amount_minor, origin, idem), resico_card)
 
 
 @post("/reserve/{card_id:str}", status_code=200, guards=[requires("cards:reserve")])
@@ -146,8 +151,9 @@ async def reserve_card(
         raise unknown_location(data.location_code)
     amount_minor = None if data.amount is None else _amount_minor(data.amount, view.currency)
     origin = await origin_for(config, request.user, data.location_code)
-    card, _hold_id = await service.reserve(card_id, amount_minor, None, origin)
-    return resico_card(card)
+    idem = await idempotent_write(request, resico_card)
+    outcome = await service.reserve(card_id, amount_minor, None, origin, new_hold_id(), idem)
+    return present(outcome, resico_card)
 
 
 @get("/cancelreserve/{card_id:str}", guards=[requires("cards:reserve")])
@@ -156,7 +162,7 @@ async def cancel_reserve(
 ) -> ResicoCard:
     """Release the caller's hold on the card. Only the caller's own hold is touched."""
     origin = Origin(occurred_at=utc_now(), actor=request.user.client_id)
-    return resico_card(await service.cancel_reservation(card_id, origin))
+    return present(await service.cancel_reservation(card_id, origin), resico_card)
 
 
 def resico_router(dependencies: dict[str, Provide]) -> Router:

@@ -1,29 +1,41 @@
 """The application service: runs Card commands against the event store, for every API alike.
 
-Commands run in worker threads because eventsourcing's PostgreSQL recorder is synchronous.
-Within a process, commands on one card take turns on a striped lock, so they rarely conflict;
-across processes the event store's optimistic concurrency detects conflicts, and the whole
-command is re-run with fresh reads, never the write replayed.
+Card commands go through one writer thread per process, which applies the commands of concurrent
+requests to their cards and commits them together, in one transaction (group commit). A request
+is answered only after its batch has committed. A command that breaks a rule fails alone; the
+rest of its batch commits. If another process wrote one of the batch's cards first, the
+store's optimistic concurrency refuses the batch, and each command is re-run alone with fresh
+reads, never the write replayed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import queue
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
 
+from api.errors import IdempotencyKeyReused, WriteContention
+from api.idempotency import IdempotentWrite, StoredResponse
 from ledger.card import Card, CardTerms, Origin, card_id_for, check_card_number
-from ledger.errors import CardAlreadyExists, CardNotFound
+from ledger.errors import CardAlreadyExists, CardNotFound, LedgerError
 from projections.cards import CardView, view_of
+from projections.idempotency import select_stored
+
+logger = logging.getLogger("giftledger.service")
 
 # Re-runs of a command whose write lost a race with another process, before giving up with 503.
 CONFLICT_RETRIES_MAX = 10
@@ -31,16 +43,16 @@ CONFLICT_RETRIES_MAX = 10
 # instead of colliding again at once: at most 1 ms, 2 ms, 4 ms ... capped at 50 ms a wait.
 CONFLICT_BACKOFF_BASE_SECONDS = 0.001
 CONFLICT_BACKOFF_MAX_SECONDS = 0.05
-# Locks striped by card id: bounded memory however many cards are touched.
-CARD_LOCK_STRIPES = 1024
+# Group commit: a batch closes at this many commands, or this long after its first command.
+BATCH_SIZE_MAX_DEFAULT = 64
+BATCH_LINGER_SECONDS_DEFAULT = 0.002
+# Commands waiting for the writer; beyond this the service answers 503 rather than queue forever.
+WRITE_QUEUE_MAX = 10_000
+# Aggregates kept in memory per process, so a hot card is not re-read from its first event.
+AGGREGATE_CACHE_MAX = 10_000
 
 T = TypeVar("T")
-
-
-class WriteContention(Exception):
-    """A card was written by others on every retry; the client should retry later."""
-
-    retry_after_seconds = 1
+Outcome = CardView | StoredResponse
 
 
 def _backoff(attempt: int) -> None:
@@ -72,122 +84,316 @@ def ledger_env(postgres_env: dict[str, str]) -> dict[str, str]:
         **postgres_env,
         "APPLICATION_RECORDER_TOPIC": "projections.recorder:CardLedgerRecorder",
         "CREATE_TABLE": "y",
+        "AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_MAX),
+        # Each read catches a cached card up with events other processes wrote since.
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
     }
 
 
+def new_hold_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Job:
+    number: str
+    command: Callable[[Card], Any]
+    idem: IdempotentWrite | None
+    future: Future[Outcome] = field(default_factory=Future)
+
+    @property
+    def card_id(self) -> uuid.UUID:
+        return card_id_for(self.number)
+
+
 class CardService:
-    def __init__(self, ledger: CardLedger, hold_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        ledger: CardLedger,
+        hold_ttl_seconds: int,
+        batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
+        batch_linger_seconds: float = BATCH_LINGER_SECONDS_DEFAULT,
+    ) -> None:
+        assert batch_size_max >= 1
         self.ledger = ledger
         self.hold_ttl_seconds = hold_ttl_seconds
-        self._locks = [threading.Lock() for _ in range(CARD_LOCK_STRIPES)]
+        self.batch_size_max = batch_size_max
+        self.batch_linger_seconds = batch_linger_seconds
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=WRITE_QUEUE_MAX)
+        self._writer = threading.Thread(target=self._write_loop, name="giftledger-writer")
+        self._writer.daemon = True
+        self._writer.start()
 
-    # Synchronous core, run in threads.
+    def forget_cached_cards(self) -> None:
+        """Drop every cached aggregate, e.g. after the event table was emptied behind our back."""
+        self.ledger.repository.cache = LRUCache(maxsize=AGGREGATE_CACHE_MAX)
 
-    def _lock_for(self, card_id: uuid.UUID) -> threading.Lock:
-        return self._locks[card_id.int % CARD_LOCK_STRIPES]
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=10)
 
-    def _save(self, card: Card) -> CardView:
-        view = view_of(card)
-        self.ledger.save(card, card_views=[view])
-        return view
+    # The writer thread.
 
-    def sell_now(
-        self, number: str, ref: int, terms: CardTerms, amount_minor: int, origin: Origin
-    ) -> CardView:
-        card = Card.sell(number, ref, terms, amount_minor, origin)
-        try:
-            return self._save(card)
-        except IntegrityError:
-            raise CardAlreadyExists(f"card {number} already exists") from None
-
-    def execute_now(self, number: str, command: Callable[[Card], Any]) -> CardView:
+    def submit(self, number: str, command: Callable[[Card], Any],
+               idem: IdempotentWrite | None = None) -> Future[Outcome]:  # fmt: skip
         check_card_number(number)
-        card_id = card_id_for(number)
-        with self._lock_for(card_id):
-            for attempt in range(CONFLICT_RETRIES_MAX):
-                try:
-                    card: Card = self.ledger.repository.get(card_id)
-                except AggregateNotFoundError:
-                    raise CardNotFound(f"card {number} does not exist") from None
-                command(card)
-                if not card.pending_events:
-                    return view_of(card)
-                try:
-                    return self._save(card)
-                except IntegrityError:
-                    _backoff(attempt)
-        raise WriteContention(f"card {number} is busy")
-
-    def card_now(self, number: str, as_of_version: int | None = None) -> CardView:
+        job = Job(number, command, idem)
         try:
-            card: Card = self.ledger.repository.get(card_id_for(number), version=as_of_version)
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise WriteContention("too many writes are waiting") from None
+        return job.future
+
+    def _write_loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            deadline = time.monotonic() + self.batch_linger_seconds
+            stop = False
+            while len(batch) < self.batch_size_max:
+                try:
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            try:
+                self.commit_batch(batch)
+            except Exception as exc:  # The writer must outlive a database outage.
+                logger.exception("batch of %d failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+            if stop:
+                return
+
+    def commit_batch(self, jobs: list[Job]) -> None:
+        """Apply each job to its card and commit all of them in one transaction."""
+        stored = self._stored_answers([k for j in jobs if j.idem for k in j.idem.keys])
+        cards: dict[uuid.UUID, Card] = {}
+        staged: list[tuple[Job, Outcome]] = []
+        alone: list[Job] = []
+        keys_in_batch: set[tuple[str, str]] = set()
+        for job in jobs:
+            if job.idem is not None:
+                if job.idem.keys and any(k in keys_in_batch for k in job.idem.keys):
+                    alone.append(job)  # A retry racing its original: answer it after the commit.
+                    continue
+                keys_in_batch.update(job.idem.keys)
+            self._stage(job, cards, stored, staged)
+        self._commit_staged(cards, staged)
+        for job in alone:
+            self._resolve(job, partial(self.execute_now, job.number, job.command, job.idem))
+
+    def _stage(
+        self,
+        job: Job,
+        cards: dict[uuid.UUID, Card],
+        stored: dict[tuple[str, str], dict[str, Any]],
+        staged: list[tuple[Job, Outcome]],
+    ) -> None:
+        try:
+            replay = _replay(job.idem, stored)
+            if replay is not None:
+                job.future.set_result(replay)
+                return
+            card = cards.get(job.card_id) or self._load(job.number)
+            job.command(card)  # Guards run before any event: a refusal leaves the card as it was.
+        except (LedgerError, IdempotencyKeyReused) as exc:
+            job.future.set_exception(exc)
+            return
+        cards[job.card_id] = card
+        view = view_of(card)
+        staged.append((job, job.idem.answer(view) if job.idem else view))
+
+    def _commit_staged(
+        self, cards: dict[uuid.UUID, Card], staged: list[tuple[Job, Outcome]]
+    ) -> None:
+        if not staged:
+            return
+        rows = [
+            row
+            for job, answer in staged
+            if job.idem and isinstance(answer, StoredResponse)
+            for row in job.idem.rows(answer)
+        ]
+        probe = next((e for c in cards.values() for e in c.pending_events), None)
+        try:
+            self.ledger.save(
+                *cards.values(),
+                card_views=[view_of(c) for c in cards.values()],
+                idempotency_rows=rows,
+            )
+        except IntegrityError:
+            if probe is None or not self._landed(probe):
+                # Another process wrote one of these cards first: re-run each command alone.
+                for job, _ in staged:
+                    self._resolve(job, partial(self.execute_now, job.number, job.command, job.idem))
+                return
+        for job, answer in staged:
+            job.future.set_result(answer)
+
+    def _resolve(self, job: Job, run: Callable[[], Outcome]) -> None:
+        try:
+            job.future.set_result(run())
+        except (LedgerError, IdempotencyKeyReused, WriteContention) as exc:
+            job.future.set_exception(exc)
+
+    # Single commands, with fresh reads and bounded re-runs.
+
+    def _load(self, number: str) -> Card:
+        try:
+            card: Card = self.ledger.repository.get(card_id_for(number))
         except AggregateNotFoundError:
             raise CardNotFound(f"card {number} does not exist") from None
-        return view_of(card)
+        return card
+
+    def execute_now(
+        self, number: str, command: Callable[[Card], Any], idem: IdempotentWrite | None = None
+    ) -> Outcome:
+        for attempt in range(CONFLICT_RETRIES_MAX):
+            replay = _replay(idem, self._stored_answers(idem.keys if idem else ()))
+            if replay is not None:
+                return replay
+            card = self._load(number)
+            command(card)
+            view = view_of(card)
+            answer: Outcome = idem.answer(view) if idem else view
+            if not card.pending_events and idem is None:
+                return view
+            probe = next(iter(card.pending_events), None)
+            try:
+                self.ledger.save(
+                    card,
+                    card_views=[view],
+                    idempotency_rows=idem.rows(answer)
+                    if idem and isinstance(answer, StoredResponse)
+                    else (),
+                )
+            except IntegrityError:
+                if probe is not None and self._landed(probe):
+                    return answer
+                _backoff(attempt)
+                continue
+            return answer
+        raise WriteContention(f"card {number} is busy")
+
+    def sell_now(self, number: str, ref: int, terms: CardTerms, amount_minor: int,
+                 origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        replay = _replay(idem, self._stored_answers(idem.keys if idem else ()))
+        if replay is not None:
+            return replay
+        card = Card.sell(number, ref, terms, amount_minor, origin)
+        view = view_of(card)
+        answer: Outcome = idem.answer(view) if idem else view
+        probe = card.pending_events[0]
+        try:
+            self.ledger.save(
+                card,
+                card_views=[view],
+                idempotency_rows=idem.rows(answer)
+                if idem and isinstance(answer, StoredResponse)
+                else (),
+            )
+        except IntegrityError:
+            if self._landed(probe):
+                return answer
+            replay = _replay(idem, self._stored_answers(idem.keys if idem else ()))
+            if replay is not None:
+                return replay
+            raise CardAlreadyExists(f"card {number} already exists") from None
+        return answer
+
+    def card_now(self, number: str) -> CardView:
+        return view_of(self._load(number))
+
+    # Lookups in the store, for idempotency and for commits whose acknowledgement was lost.
+
+    def _stored_answers(
+        self, keys: tuple[tuple[str, str], ...] | list[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        if not keys:
+            return {}
+        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+            return select_stored(curs, list(keys))
+
+    def _landed(self, probe: Any) -> bool:
+        """Did a commit that reported an error in fact store this event? Atomicity makes one
+        event enough to answer for its whole transaction."""
+        stored = self.ledger.mapper.to_stored_event(probe)
+        recorder: Any = self.ledger.recorder
+        table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
+        with recorder.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                f"SELECT state FROM {table}"  # noqa: S608 - table name from the recorder.
+                " WHERE originator_id = %s AND originator_version = %s",
+                (stored.originator_id, stored.originator_version),
+            )
+            row = curs.fetchone()
+        return row is not None and bytes(row["state"]) == stored.state
 
     # Asynchronous facade for the HTTP handlers.
 
     async def _run(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func)
 
-    async def sell(
-        self, number: str, ref: int, terms: CardTerms, amount_minor: int, origin: Origin
-    ) -> CardView:
-        return await self._run(partial(self.sell_now, number, ref, terms, amount_minor, origin))
+    async def execute(self, number: str, command: Callable[[Card], Any],
+                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await asyncio.wrap_future(self.submit(number, command, idem))
 
-    async def redeem(self, number: str, amount_minor: int, origin: Origin) -> CardView:
+    async def sell(self, number: str, ref: int, terms: CardTerms, amount_minor: int,
+                   origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
         return await self._run(
-            partial(self.execute_now, number, lambda c: c.redeem(amount_minor, origin))
+            partial(self.sell_now, number, ref, terms, amount_minor, origin, idem)
         )
 
-    async def reserve(
-        self, number: str, amount_minor: int | None, ttl_seconds: int | None, origin: Origin
-    ) -> tuple[CardView, str]:
-        hold_id = uuid.uuid4().hex
-        ttl = min(ttl_seconds or self.hold_ttl_seconds, self.hold_ttl_seconds)
-        view = await self._run(
-            partial(
-                self.execute_now, number, lambda c: c.reserve(amount_minor, ttl, origin, hold_id)
-            )
-        )
-        return view, hold_id
+    async def redeem(self, number: str, amount_minor: int, origin: Origin,
+                     idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.redeem(amount_minor, origin), idem)
 
-    async def cancel_reservation(self, number: str, origin: Origin) -> CardView:
-        return await self._run(
-            partial(self.execute_now, number, lambda c: c.cancel_reservation(origin))
+    def hold_ttl(self, ttl_seconds: int | None) -> int:
+        return min(ttl_seconds or self.hold_ttl_seconds, self.hold_ttl_seconds)
+
+    async def reserve(self, number: str, amount_minor: int | None, ttl_seconds: int | None,
+                      origin: Origin, hold_id: str,
+                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        ttl = self.hold_ttl(ttl_seconds)
+        return await self.execute(
+            number, lambda c: c.reserve(amount_minor, ttl, origin, hold_id), idem
         )
 
-    async def capture(
-        self, number: str, hold_id: str, amount_minor: int | None, origin: Origin
-    ) -> CardView:
-        return await self._run(
-            partial(self.execute_now, number, lambda c: c.capture(hold_id, amount_minor, origin))
-        )
+    async def cancel_reservation(self, number: str, origin: Origin,
+                                 idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.cancel_reservation(origin), idem)
 
-    async def void(self, number: str, hold_id: str, origin: Origin) -> CardView:
-        return await self._run(partial(self.execute_now, number, lambda c: c.void(hold_id, origin)))
+    async def capture(self, number: str, hold_id: str, amount_minor: int | None, origin: Origin,
+                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.capture(hold_id, amount_minor, origin), idem)
 
-    async def load(self, number: str, amount_minor: int, origin: Origin) -> CardView:
-        return await self._run(
-            partial(self.execute_now, number, lambda c: c.load(amount_minor, origin))
-        )
+    async def void(self, number: str, hold_id: str, origin: Origin,
+                   idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.void(hold_id, origin), idem)
 
-    async def refund(self, number: str, amount_minor: int, origin: Origin) -> CardView:
-        return await self._run(
-            partial(self.execute_now, number, lambda c: c.refund(amount_minor, origin))
-        )
+    async def load(self, number: str, amount_minor: int, origin: Origin,
+                   idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.load(amount_minor, origin), idem)
 
-    async def block(self, number: str, reason: str, origin: Origin) -> CardView:
-        return await self._run(partial(self.execute_now, number, lambda c: c.block(reason, origin)))
+    async def refund(self, number: str, amount_minor: int, origin: Origin,
+                     idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.refund(amount_minor, origin), idem)
 
-    async def unblock(self, number: str, origin: Origin) -> CardView:
-        return await self._run(partial(self.execute_now, number, lambda c: c.unblock(origin)))
+    async def block(self, number: str, reason: str, origin: Origin,
+                    idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.block(reason, origin), idem)
 
-    async def release_expired_holds(self, number: str, now: datetime) -> CardView:
+    async def unblock(self, number: str, origin: Origin,
+                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return await self.execute(number, lambda c: c.unblock(origin), idem)
+
+    async def release_expired_holds(self, number: str, now: datetime) -> Outcome:
         origin = Origin(occurred_at=now, actor="system:hold-expiry")
-        return await self._run(
-            partial(self.execute_now, number, lambda c: c.release_expired_holds(origin))
-        )
+        return await self.execute(number, lambda c: c.release_expired_holds(origin))
 
     async def events(self, number: str, after_version: int, limit: int) -> list[Any]:
         return await self._run(partial(self.events_now, number, after_version, limit))
@@ -200,3 +406,23 @@ class CardService:
         if not events and after_version == 0:
             raise CardNotFound(f"card {number} does not exist")
         return events
+
+
+def _replay(
+    idem: IdempotentWrite | None, stored: dict[tuple[str, str], dict[str, Any]]
+) -> StoredResponse | None:
+    """The first answer stored under any of the write's keys, if its request was the same."""
+    if idem is None:
+        return None
+    for scope_key in idem.keys:
+        row = stored.get(scope_key)
+        if row is None:
+            continue
+        if row["request_hash"] != idem.request_hash:
+            raise IdempotencyKeyReused(
+                f"key {scope_key[1]!r} was first used with a different request"
+            )
+        return StoredResponse(
+            row["status_code"], bytes(row["response_body"]), row["media_type"], replayed=True
+        )
+    return None

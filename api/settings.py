@@ -11,6 +11,8 @@ DEFAULT_HOLD_TTL_SECONDS = 900
 DEFAULT_TOKEN_TTL_SECONDS = 3600
 DEFAULT_GIFTSTREAM_CURRENCIES = (826, 840, 978)
 DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS = 1.0
+DEFAULT_BATCH_SIZE_MAX = 64
+DEFAULT_BATCH_LINGER_MS = 2.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Settings:
     giftstream_currencies: tuple[int, ...] = DEFAULT_GIFTSTREAM_CURRENCIES
     jwt_secret: str | None = None
     hold_sweep_interval_seconds: float = DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS
+    batch_size_max: int = DEFAULT_BATCH_SIZE_MAX
+    batch_linger_ms: float = DEFAULT_BATCH_LINGER_MS
     # Seeds the demo location, card types and client on the first start of an embedded database.
     seed_demo: bool = field(default=False)
 
@@ -52,5 +56,7 @@ class Settings:
             hold_sweep_interval_seconds=float(
                 env.get("GIFTLEDGER_HOLD_SWEEP_SECONDS", DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS)
             ),
+            batch_size_max=int(env.get("GIFTLEDGER_BATCH_SIZE", DEFAULT_BATCH_SIZE_MAX)),
+            batch_linger_ms=float(env.get("GIFTLEDGER_BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS)),
             seed_demo=url is None,
         )

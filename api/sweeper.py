@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from api.context import utc_now
-from api.service import CardService, WriteContention
+from api.errors import WriteContention
+from api.service import CardService
 from ledger.errors import LedgerError
 from projections.cards import CardReader
+from projections.idempotency import purge_expired_keys
 
 logger = logging.getLogger("giftledger.sweeper")
 
 # Cards handled per sweep; the rest wait for the next one, a second later.
 HOLD_SWEEP_BATCH_MAX = 200
+# Idempotency keys past their retention are deleted this often.
+IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 3600
 
 
 async def sweep_expired_holds(reader: CardReader, service: CardService) -> int:
@@ -30,9 +35,13 @@ async def sweep_expired_holds(reader: CardReader, service: CardService) -> int:
 
 
 async def run_hold_sweeper(reader: CardReader, service: CardService, interval_s: float) -> None:
+    last_purge = 0.0
     while True:
         try:
             await sweep_expired_holds(reader, service)
+            if time.monotonic() - last_purge > IDEMPOTENCY_PURGE_INTERVAL_SECONDS:
+                last_purge = time.monotonic()
+                await purge_expired_keys(reader.pool)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -115,6 +115,10 @@ class CardReader:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
     async def get(self, number: str) -> CardView | None:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(

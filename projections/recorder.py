@@ -24,6 +24,7 @@ from projections.cards import (
     card_row,
     hold_rows,
 )
+from projections.idempotency import write_idempotency_rows
 
 
 class CardLedgerRecorder(PostgresApplicationRecorder):
@@ -33,10 +34,12 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         card_views: Sequence[CardView] = (),
+        idempotency_rows: Sequence[tuple[Any, ...]] = (),
         **kwargs: Any,
     ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         write_card_views(curs, card_views)
+        write_idempotency_rows(curs, idempotency_rows)
 
 
 def write_card_views(curs: Cursor[DictRow], views: Sequence[CardView]) -> None:

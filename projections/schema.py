@@ -69,6 +69,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX card_holds_card_id ON card_holds (card_id);
     CREATE INDEX card_holds_expires_at ON card_holds (expires_at);
     """,
+    """
+    CREATE TABLE idempotency_keys (
+        scope text NOT NULL,
+        key text NOT NULL,
+        request_hash text NOT NULL,
+        status_code integer NOT NULL,
+        response_body bytea NOT NULL,
+        media_type text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (scope, key)
+    );
+    CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+    """,
 )
 
 _MIGRATION_LOCK_KEY = 0x6769667400  # "gift" in hex, a fixed key for pg_advisory_xact_lock.

@@ -95,7 +95,9 @@ async def pool(database_url: str, http: AsyncTestClient[Litestar]) -> AsyncItera
 
 # In the lock order the app keeps (card rows, then the event table), so a sweep or write still
 # in flight cannot deadlock with the truncation.
-TABLES = "card_views, card_holds, giftledger_events, locations, card_types, clients"
+TABLES = (
+    "card_views, card_holds, giftledger_events, idempotency_keys, locations, card_types, clients"
+)
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,10 @@ PREFIXED = CardType("gold", "77", 16, "0123456789", True, True, True, 12, "GBP")
 
 
 @pytest.fixture
-async def world(pool: asyncpg.Pool) -> World:
+async def world(pool: asyncpg.Pool, app: Litestar) -> World:
     """Empty ledger; locations SHOP1 (site 1) and SHOP2 (site 2); three card types; two clients."""
     await pool.execute(f"TRUNCATE {TABLES}")
+    app.state.service.forget_cached_cards()
     config = ConfigStore(pool)
     await config.add_location("SHOP1", 1, "Shop one")
     await config.add_location("SHOP2", 2, "Shop two")

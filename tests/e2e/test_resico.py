@@ -42,7 +42,9 @@ def balances(card: dict[str, Any]) -> tuple[Decimal, Decimal, Decimal]:
     return card["currentBalance"], card["reservedBalance"], card["availableBalance"]
 
 
-async def sell(http, client, number, amount: Any = "20.00", location="SHOP1", transaction_no="45"):
+async def sell(http, client, number, amount: Any = "20.00", location="SHOP1", transaction_no=None):
+    # A POS numbers its transactions; reusing one for another sale is refused as a key reuse.
+    transaction_no = number[-8:] if transaction_no is None else transaction_no
     payload = {"amount": amount, "transactionNo": transaction_no, "locationCode": location}
     return await http.post(f"{BASE}/cards/{number}", json=payload, headers=client.headers)
 
@@ -179,7 +181,7 @@ async def test_sell_number_fitting_no_card_type_is_refused(http, world, number):
 
 async def test_sell_routes_numbers_to_card_types_by_prefix(http, world):
     gold = await sold(http, world.pos, "7700000000000001", "10.00")
-    plain = await sold(http, world.pos, "7800000000000001", "10.00")
+    plain = await sold(http, world.pos, "7800000000000002", "10.00")
     dynamic = await sold(http, world.pos, "1234567890123456789", "10.00")
     assert gold["currency"] == "GBP"
     assert gold["expiryDate"] == add_months(datetime.now(UTC).date(), 12).isoformat()
@@ -422,7 +424,10 @@ async def test_concurrent_uses_never_spend_more_than_the_balance(http, world):
 
 async def test_concurrent_sells_of_one_number_create_it_once(http, world):
     answers = await asyncio.gather(
-        *(sell(http, world.pos, "1000000000000071", f"{n}.00") for n in range(1, 6))
+        *(
+            sell(http, world.pos, "1000000000000071", f"{n}.00", transaction_no=str(n))
+            for n in range(1, 6)
+        )
     )
     won = [a for a in answers if a.status_code == 200]
     assert len(won) == 1, [a.text for a in answers]
@@ -454,3 +459,28 @@ async def test_every_write_is_visible_to_the_next_read(http, world):
         read = await card_of(http, world.pos, number)
         assert read == body(written)
         assert balances(read) == tuple(D(x) for x in want)
+
+
+# Deduplication of sales on (locationCode, transactionNo).
+
+
+async def test_a_retried_sale_replays_its_answer_and_sells_once(http, world, pool):
+    first = await sell(http, world.pos, "1000000000000080", "20.00", transaction_no="T80")
+    again = await sell(http, world.pos, "1000000000000080", "20.00", transaction_no="T80")
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    events = await pool.fetchval(
+        "SELECT count(*) FROM giftledger_events e JOIN card_views v ON v.card_id = e.originator_id"
+        " WHERE v.number = $1",
+        "1000000000000080",
+    )
+    assert events == 1
+
+
+async def test_another_sale_under_a_used_transaction_number_is_refused(http, world):
+    await sold(http, world.pos, "1000000000000081", "20.00")
+    other = await sell(http, world.pos, "1000000000000082", "20.00", transaction_no="00000081")
+    assert_problem(other, 422, "idempotency_key_reused")
+    missing = await http.get(f"{BASE}/cards/1000000000000082", headers=world.pos.headers)
+    assert missing.status_code == 404

@@ -58,7 +58,8 @@ def test_two_services_on_one_database_never_overspend(http, world, database_url)
     try:
         _race_two_services(services)
     finally:
-        for ledger in ledgers:
+        for service, ledger in zip(services, ledgers, strict=True):
+            service.close()
             ledger.close()
 
 
@@ -72,7 +73,7 @@ def _race_two_services(services: list[CardService]) -> None:
 
     def pay(index: int) -> bool:
         try:
-            services[index % 2].execute_now("4000000000000002", lambda c: c.redeem(100, origin))
+            services[index % 2].submit("4000000000000002", lambda c: c.redeem(100, origin)).result()
         except InsufficientFunds:
             return False
         return True

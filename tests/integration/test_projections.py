@@ -38,7 +38,7 @@ async def write_history(http, world) -> None:
     pos, other = world.pos, world.other
     admin = await world.client("admin", scopes=("admin",))
     for number, amount in ((FIXED, 20.0), (GOLD, 50.0), (BLOCKED, 10.0)):
-        sale = {"amount": amount, "transactionNo": "1", "locationCode": "SHOP1"}
+        sale = {"amount": amount, "transactionNo": number[-8:], "locationCode": "SHOP1"}
         await post(http, f"{RESICO}/cards/{number}", sale, pos)
     await post(
         http, f"{RESICO}/transactions/{pos.consumer_key}/cards/{FIXED}", {"amount": 5.0}, pos

@@ -62,7 +62,9 @@ def test_sell_with_zero_amount_is_allowed() -> None:
     assert card.balance_minor == 0
 
 
-@pytest.mark.parametrize("number", ["", "x" * 257, "12\n34", "12\x0034"])
+@pytest.mark.parametrize(
+    "number", ["", "x" * 257, "12\n34", "12\x0034", "12 34", "12/34", "12\u300034"]
+)
 def test_sell_with_invalid_card_number_is_refused(number: str) -> None:
     with pytest.raises(InvalidCardNumber) as info:
         Card.sell(number, 1, terms(), 100, origin())
@@ -288,9 +290,6 @@ def test_refund_on_a_card_never_spent_is_refused() -> None:
     refused(card, RefundExceedsSpent, lambda: card.refund(1, origin()))
 
 
-@pytest.mark.xfail(
-    strict=True, raises=pytest.fail.Exception, reason="ledger bug: refund ignores BALANCE_MINOR_MAX"
-)
 def test_refund_cannot_raise_the_balance_above_the_limit() -> None:
     card, _ = given_card(BALANCE_MINOR_MAX)
     card.redeem(BALANCE_MINOR_MAX, origin())
@@ -376,11 +375,6 @@ def test_an_expired_card_expires_once_and_refuses_every_use() -> None:
     refused(card, CardExpired, lambda: card.refund(1, origin(when=DAY_AFTER_EXPIRY)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CardExpired,
-    reason="ledger bug: is_past_expiry uses the local date, not UTC",
-)
 def test_expiry_is_judged_on_the_utc_date_whatever_the_offset() -> None:
     card, _ = given_card(10_000, expires_on=date(2026, 6, 30))
     # 2026-07-01 01:00 at UTC+2 is 2026-06-30 23:00 UTC: still the expiry day.

@@ -288,23 +288,50 @@ def test_capture_and_void_on_a_type_without_reservations_are_unsupported(command
     refused(card, ReservationNotSupported, lambda: getattr(card, command)(*args))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ledger bug: release_expired_holds records events before a later guard refuses",
-)
 def test_capture_of_an_expired_hold_is_refused_and_records_nothing() -> None:
     card, _ = given_held((CLIENT, "h1", 3000))
     refused(card, HoldNotFound, lambda: card.capture("h1", None, origin(when=at(TTL))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ledger bug: release_expired_holds records events before a later guard refuses",
-)
 def test_redeem_refused_on_a_blocked_card_records_nothing_even_after_holds_expired() -> None:
     card, _ = given_held((CLIENT, "h1", 3000))
     card.block("lost", origin())
     card.collect_events()
     refused(card, CardBlocked, lambda: card.redeem(100, origin(OTHER, at(TTL))))
+
+
+def test_void_of_an_expired_hold_is_refused_and_records_nothing() -> None:
+    card, _ = given_held((CLIENT, "h1", 3000))
+    refused(card, HoldNotFound, lambda: card.void("h1", origin(when=at(TTL))))
+
+
+def test_an_expired_hold_binds_nothing_even_before_its_release_is_recorded() -> None:
+    card, history = given_held((CLIENT, "h1", 3000))
+    card.reserve(None, TTL, origin(OTHER, at(TTL)), "h2")
+    events = card.collect_events()
+    assert facts(events, "hold_id", "amount_minor", "reason") == [
+        ("ReservationReleased", "h1", 3000, "expired"),
+        ("Reserved", "h2", 10_000, None),
+    ]
+    assert_replays_to(card, history + events)
+
+
+def test_cancel_after_the_hold_expired_records_only_the_expiry() -> None:
+    card, history = given_held((CLIENT, "h1", 3000))
+    card.cancel_reservation(origin(CLIENT, at(TTL)))
+    events = card.collect_events()
+    assert facts(events, "hold_id", "amount_minor", "reason") == [
+        ("ReservationReleased", "h1", 3000, "expired")
+    ]
+    assert_replays_to(card, history + events)
+
+
+def test_expired_holds_do_not_count_towards_holds_per_card_max() -> None:
+    clients = [(f"client-{i}", f"h{i}", 1) for i in range(HOLDS_PER_CARD_MAX)]
+    card, history = given_held(*clients)
+    card.reserve(5, TTL, origin("late", at(TTL)), "hx")
+    events = card.collect_events()
+    assert names(events) == ["ReservationReleased"] * HOLDS_PER_CARD_MAX + ["Reserved"]
+    assert {e.reason for e in events[:-1]} == {"expired"}
+    assert (list(card.holds), card.reserved_minor) == (["hx"], 5)
+    assert_replays_to(card, history + events)

@@ -1,0 +1,390 @@
+"""Random command sequences, valid or not, keep a card consistent with a simple model and events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from ledger.card import HOLDS_PER_CARD_MAX, Card, CardTerms, Origin
+from ledger.errors import (
+    BalanceLimitExceeded,
+    CaptureExceedsHold,
+    CardBlocked,
+    CardExpired,
+    CardNotBlocked,
+    HoldNotFound,
+    InsufficientFunds,
+    InvalidAmount,
+    LedgerError,
+    LoadNotAllowed,
+    RedeemNotAllowed,
+    RefundExceedsSpent,
+    ReservationNotSupported,
+    TooManyHolds,
+    WrongLocation,
+)
+from ledger.money import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX
+from tests.unit.support import NUMBER, T0, names, replay, snapshot, terms
+
+CLIENTS = ("pos-1", "pos-2", "pos-3")
+SITE = 7
+DYNAMIC = terms()
+PROFILES = (
+    *[DYNAMIC] * 6,
+    terms(fixed_amount=True),
+    terms(reservations_allowed=False),
+    terms(redeem_allowed=False),
+    terms(locked_site_id=SITE),
+)
+SIGN = {
+    "Sold": 1,
+    "Loaded": 1,
+    "Refunded": 1,
+    "Redeemed": -1,
+    "ReservationCaptured": -1,
+    "Expired": -1,
+}
+
+clients = st.sampled_from(CLIENTS)
+sites = st.sampled_from([SITE, SITE, None, 8])
+
+
+@dataclass
+class Model:
+    """Plain numbers: what the card should hold. Each method raises what the card should raise."""
+
+    terms: CardTerms
+    balance: int
+    spent: int = 0
+    status: str = "active"
+    holds: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)
+
+    def copy(self) -> Model:
+        return replace(self, holds=dict(self.holds))
+
+    def available(self) -> int:
+        return self.balance - sum(amount for _, amount, _ in self.holds.values())
+
+    def own(self, client: str) -> str | None:
+        return next((k for k, (c, _, _) in self.holds.items() if c == client), None)
+
+    def release_expired(self, now: datetime) -> None:
+        self.holds = {k: h for k, h in self.holds.items() if h[2] > now}
+
+    def usable(self, now: datetime, site: int | None) -> None:
+        past = self.terms.expires_on is not None and now.date() > self.terms.expires_on
+        if self.status == "expired" or past:
+            raise CardExpired("model")
+        if self.status == "blocked":
+            raise CardBlocked("model")
+        if self.terms.locked_site_id not in (None, site):
+            raise WrongLocation("model")
+
+    def reservations(self) -> None:
+        if not self.terms.reservations_allowed:
+            raise ReservationNotSupported("model")
+
+    def spend(self, amount: int) -> None:
+        self.balance -= amount
+        self.spent += amount
+
+    def redeem(self, client: str, amount: int, now: datetime, site: int | None) -> None:
+        valid(amount)
+        self.release_expired(now)
+        self.usable(now, site)
+        if not self.terms.redeem_allowed:
+            raise RedeemNotAllowed("model")
+        hold_id = self.own(client)
+        held = self.holds[hold_id][1] if hold_id else 0
+        if amount > held + self.available():
+            raise InsufficientFunds("model")
+        self.holds.pop(hold_id or "", None)
+        self.spend(amount)
+
+    def reserve(
+        self,
+        client: str,
+        amount: int | None,
+        ttl: int,
+        now: datetime,
+        site: int | None,
+        hold_id: str,
+    ) -> None:
+        self.release_expired(now)
+        self.reservations()
+        self.usable(now, site)
+        previous = self.own(client)
+        spendable = self.available() + (self.holds[previous][1] if previous else 0)
+        if amount is not None:
+            valid(amount)
+        wanted = spendable if amount is None else amount
+        if wanted == 0 or wanted > spendable:
+            raise InsufficientFunds("model")
+        if previous is None and len(self.holds) >= HOLDS_PER_CARD_MAX:
+            raise TooManyHolds("model")
+        self.holds.pop(previous or "", None)
+        self.holds[hold_id] = (client, wanted, now + timedelta(seconds=ttl))
+
+    def cancel(self, client: str, now: datetime) -> None:
+        self.reservations()
+        self.release_expired(now)
+        self.holds.pop(self.own(client) or "", None)
+
+    def own_hold(self, client: str, hold_id: str, now: datetime) -> int:
+        self.reservations()
+        self.release_expired(now)
+        if hold_id not in self.holds or self.holds[hold_id][0] != client:
+            raise HoldNotFound("model")
+        return self.holds.pop(hold_id)[1]
+
+    def capture(
+        self, client: str, hold_id: str, amount: int | None, now: datetime, site: int | None
+    ) -> None:
+        held = self.own_hold(client, hold_id, now)
+        self.usable(now, site)
+        captured = held if amount is None else amount
+        valid(captured)
+        if captured > held:
+            raise CaptureExceedsHold("model")
+        self.spend(captured)
+
+    def load(self, amount: int, now: datetime, site: int | None) -> None:
+        valid(amount)
+        self.usable(now, site)
+        if self.terms.fixed_amount:
+            raise LoadNotAllowed("model")
+        if self.balance + amount > BALANCE_MINOR_MAX:
+            raise BalanceLimitExceeded("model")
+        self.balance += amount
+
+    def refund(self, amount: int, now: datetime, site: int | None) -> None:
+        valid(amount)
+        self.usable(now, site)
+        if amount > self.spent:
+            raise RefundExceedsSpent("model")
+        if self.balance + amount > BALANCE_MINOR_MAX:
+            raise BalanceLimitExceeded("model")
+        self.balance += amount
+        self.spent -= amount
+
+    def block(self) -> None:
+        if self.status != "active":
+            raise CardExpired("model") if self.status == "expired" else CardBlocked("model")
+        self.status = "blocked"
+
+    def unblock(self) -> None:
+        if self.status != "blocked":
+            raise CardNotBlocked("model")
+        self.status = "active"
+
+    def expire(self, now: datetime) -> None:
+        if (
+            self.status != "expired"
+            and self.terms.expires_on
+            and now.date() > self.terms.expires_on
+        ):
+            self.holds.clear()
+            self.balance = 0
+            self.status = "expired"
+
+
+def valid(amount: int) -> None:
+    if not 1 <= amount <= AMOUNT_MINOR_MAX:
+        raise InvalidAmount("model")
+
+
+class CardMachine(RuleBasedStateMachine):
+    """Drives one card with random commands; the model moves only when the card accepted one."""
+
+    @initialize(
+        profile=st.sampled_from(PROFILES),
+        amount=st.integers(0, 20_000),
+        days=st.sampled_from([30, 2, 0, 365]),
+    )
+    def sell(self, profile: CardTerms, amount: int, days: int) -> None:
+        card_terms = replace(profile, expires_on=T0.date() + timedelta(days=days))
+        self.now = T0
+        self.card = Card.sell(NUMBER, 1, card_terms, amount, self.origin(CLIENTS[0], SITE))
+        self.events = self.card.collect_events()
+        self.model = Model(terms=card_terms, balance=amount)
+        self.issued: list[str] = []
+
+    def origin(self, client: str, site: int | None) -> Origin:
+        return Origin(occurred_at=self.now, actor=client, location_code="LOC", site_id=site)
+
+    def amounts(self, data: st.DataObject, *anchors: int) -> int:
+        """An amount within the balance, or at or beside an anchor, or an edge case."""
+        live = self.model.copy()
+        live.release_expired(self.now)
+        anchors = (self.model.balance, live.available(), *anchors)
+        within = st.integers(1, max(1, self.model.balance))
+        beside = st.sampled_from(sorted({a + d for a in anchors for d in (-1, 0, 1)}))
+        edges = st.sampled_from([-1, 0, AMOUNT_MINOR_MAX, AMOUNT_MINOR_MAX + 1])
+        return data.draw(st.one_of(within, within, within, beside, beside, edges), label="amount")
+
+    def spendable_by(self, client: str) -> int:
+        held = next((a for c, a, _ in self.model.holds.values() if c == client), 0)
+        return held + self.model.available()
+
+    def attempt(self, command: Callable[[Card], object], expect: Callable[[Model], None]) -> None:
+        """Run the command on the card and on a copy of the model; their outcomes must agree."""
+        trial = self.model.copy()
+        expected: type[LedgerError] | None = None
+        try:
+            expect(trial)
+        except LedgerError as error:
+            expected = type(error)
+        before = snapshot(self.card)
+        refusal: LedgerError | None = None
+        try:
+            command(self.card)
+        except LedgerError as error:
+            refusal = error
+        if refusal is not None:
+            assert type(refusal) is expected, f"card refused {refusal!r}; model expected {expected}"
+            self.check_refusal_left_no_trace(before)
+            return
+        assert expected is None, f"card accepted; model expected {expected.__name__}"
+        self.events += self.card.collect_events()
+        self.model = trial
+
+    def check_refusal_left_no_trace(self, before: tuple[object, ...]) -> None:
+        assert names(self.card.collect_events()) == []
+        assert snapshot(self.card) == before
+
+    # Time.
+
+    @rule(minutes=st.integers(0, 120))
+    def advance_minutes(self, minutes: int) -> None:
+        self.now += timedelta(minutes=minutes)
+
+    @rule(hours=st.integers(1, 30))
+    def advance_hours(self, hours: int) -> None:
+        self.now += timedelta(hours=hours)
+
+    # Commands.
+
+    @rule(client=clients, site=sites, data=st.data())
+    def redeem(self, client: str, site: int | None, data: st.DataObject) -> None:
+        amount = self.amounts(data, self.spendable_by(client))
+        now, origin = self.now, self.origin(client, site)
+        self.attempt(
+            lambda c: c.redeem(amount, origin), lambda m: m.redeem(client, amount, now, site)
+        )
+
+    @rule(
+        client=clients, site=sites, whole=st.booleans(), minutes=st.integers(1, 180), data=st.data()
+    )
+    def reserve(
+        self, client: str, site: int | None, whole: bool, minutes: int, data: st.DataObject
+    ) -> None:
+        amount = None if whole else self.amounts(data, self.spendable_by(client))
+        hold_id, now, origin = f"h{len(self.issued)}", self.now, self.origin(client, site)
+        self.issued.append(hold_id)
+        self.attempt(
+            lambda c: c.reserve(amount, minutes * 60, origin, hold_id),
+            lambda m: m.reserve(client, amount, minutes * 60, now, site, hold_id),
+        )
+
+    @rule(client=clients)
+    def cancel_reservation(self, client: str) -> None:
+        now, origin = self.now, self.origin(client, None)
+        self.attempt(lambda c: c.cancel_reservation(origin), lambda m: m.cancel(client, now))
+
+    def pick_hold(self, data: st.DataObject) -> tuple[str, str]:
+        """A hold id, mostly a held one, and a client, mostly its owner."""
+        any_id = st.sampled_from([*self.issued, "unknown"])
+        live = st.sampled_from(sorted(self.model.holds))
+        hold_id = data.draw(st.one_of(live, live, any_id), label="hold_id")
+        owner = self.model.holds.get(hold_id, (CLIENTS[0],))[0]
+        return hold_id, data.draw(st.sampled_from([owner, owner, *CLIENTS]), label="client")
+
+    @precondition(lambda self: self.model.holds)
+    @rule(site=sites, whole=st.booleans(), data=st.data())
+    def capture(self, site: int | None, whole: bool, data: st.DataObject) -> None:
+        hold_id, client = self.pick_hold(data)
+        held = self.model.holds[hold_id][1] if hold_id in self.model.holds else 0
+        amount = None if whole else self.amounts(data, held)
+        now, origin = self.now, self.origin(client, site)
+        self.attempt(
+            lambda c: c.capture(hold_id, amount, origin),
+            lambda m: m.capture(client, hold_id, amount, now, site),
+        )
+
+    @precondition(lambda self: self.model.holds)
+    @rule(data=st.data())
+    def void(self, data: st.DataObject) -> None:
+        hold_id, client = self.pick_hold(data)
+        now, origin = self.now, self.origin(client, None)
+        self.attempt(lambda c: c.void(hold_id, origin), lambda m: m.own_hold(client, hold_id, now))
+
+    @rule(site=sites, data=st.data())
+    def load(self, site: int | None, data: st.DataObject) -> None:
+        amount = self.amounts(data, BALANCE_MINOR_MAX - self.model.balance)
+        now, origin = self.now, self.origin(CLIENTS[0], site)
+        self.attempt(lambda c: c.load(amount, origin), lambda m: m.load(amount, now, site))
+
+    @rule(site=sites, data=st.data())
+    def refund(self, site: int | None, data: st.DataObject) -> None:
+        amount = self.amounts(data, self.model.spent)
+        now, origin = self.now, self.origin(CLIENTS[0], site)
+        self.attempt(lambda c: c.refund(amount, origin), lambda m: m.refund(amount, now, site))
+
+    @rule()
+    def block(self) -> None:
+        origin = self.origin(CLIENTS[0], None)
+        self.attempt(lambda c: c.block("suspicious", origin), Model.block)
+
+    @rule()
+    def unblock(self) -> None:
+        origin = self.origin(CLIENTS[0], None)
+        self.attempt(lambda c: c.unblock(origin), Model.unblock)
+
+    @rule()
+    def expire(self) -> None:
+        now, origin = self.now, self.origin("scheduler", None)
+        self.attempt(lambda c: c.expire(origin), lambda m: m.expire(now))
+
+    @rule()
+    def release_expired_holds(self) -> None:
+        now, origin = self.now, self.origin("scheduler", None)
+        self.attempt(lambda c: c.release_expired_holds(origin), lambda m: m.release_expired(now))
+
+    # Invariants.
+
+    @invariant()
+    def money_is_never_negative_and_holds_fit_the_balance(self) -> None:
+        card = self.card
+        assert card.balance_minor >= 0
+        assert 0 <= card.reserved_minor <= card.balance_minor
+        assert card.available_minor == card.balance_minor - card.reserved_minor
+        assert all(h.amount_minor > 0 for h in card.holds.values())
+
+    @invariant()
+    def balance_is_the_sum_of_the_recorded_money_events(self) -> None:
+        total = sum(
+            SIGN[type(e).__name__] * e.amount_minor for e in self.events if type(e).__name__ in SIGN
+        )
+        assert self.card.balance_minor == total
+
+    @invariant()
+    def replaying_every_recorded_event_rebuilds_the_same_card(self) -> None:
+        assert snapshot(replay(self.events)) == snapshot(self.card)
+        assert self.card.version == len(self.events)
+
+    @invariant()
+    def card_agrees_with_the_model(self) -> None:
+        card, model = self.card, self.model
+        assert (card.balance_minor, card.spent_minor) == (model.balance, model.spent)
+        assert card.status == model.status
+        holds = {k: (h.client_id, h.amount_minor, h.expires_at) for k, h in card.holds.items()}
+        assert holds == model.holds
+
+
+CardMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestCardMachine = CardMachine.TestCase
