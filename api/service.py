@@ -11,6 +11,7 @@ reads, never the write replayed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import random
@@ -22,15 +23,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio.to_thread
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
 
 from api.errors import IdempotencyKeyReused, WriteContention
 from api.idempotency import IdempotentWrite, StoredResponse
-from ledger.card import Card, CardTerms, Origin, card_id_for, check_card_number
+from ledger.card import Card, CardTerms, Hold, Origin, card_id_for, check_card_number
 from ledger.errors import CardAlreadyExists, CardNotFound, LedgerError
 from projections.cards import CardView, view_of
 from projections.idempotency import select_stored
@@ -50,6 +52,7 @@ BATCH_LINGER_SECONDS_DEFAULT = 0.002
 WRITE_QUEUE_MAX = 10_000
 # Aggregates kept in memory per process, so a hot card is not re-read from its first event.
 AGGREGATE_CACHE_MAX = 10_000
+SNAPSHOT_INTERVAL_EVENTS = 200
 
 T = TypeVar("T")
 Outcome = CardView | StoredResponse
@@ -71,12 +74,38 @@ class DateAsISO(Transcoding):
         return date.fromisoformat(data)
 
 
+class CardTermsAsDict(Transcoding):
+    type = CardTerms
+    name = "card_terms"
+
+    def encode(self, obj: CardTerms) -> dict[str, Any]:
+        return dataclasses.asdict(obj)
+
+    def decode(self, data: dict[str, Any]) -> CardTerms:
+        return CardTerms(**data)
+
+
+class HoldAsDict(Transcoding):
+    type = Hold
+    name = "hold"
+
+    def encode(self, obj: Hold) -> dict[str, Any]:
+        return dataclasses.asdict(obj)
+
+    def decode(self, data: dict[str, Any]) -> Hold:
+        return Hold(**data)
+
+
 class CardLedger(Application[uuid.UUID]):
     name = "giftledger"
+    # A cold read of a card replays at most this many events after its latest snapshot.
+    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {Card: SNAPSHOT_INTERVAL_EVENTS}
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
+        transcoder.register(CardTermsAsDict())
+        transcoder.register(HoldAsDict())
 
 
 def ledger_env(postgres_env: dict[str, str]) -> dict[str, str]:

@@ -38,6 +38,8 @@ CARD_ID_NAMESPACE = uuid.UUID("6f1d3a52-31a4-4c2e-9a2f-5d8e0c7a9b11")
 
 
 class CardStatus(StrEnum):
+    """Compared with ==, never `is`: a snapshot restores the status as its plain string."""
+
     ACTIVE = "active"
     BLOCKED = "blocked"
     EXPIRED = "expired"
@@ -207,9 +209,9 @@ class Card(Aggregate):
     # releases included, so a refused command records nothing.
 
     def check_usable(self, origin: Origin) -> None:
-        if self.status is CardStatus.EXPIRED or self.is_past_expiry(origin.occurred_at):
+        if self.status == CardStatus.EXPIRED or self.is_past_expiry(origin.occurred_at):
             raise CardExpired(f"card expired on {self.terms.expires_on}")
-        if self.status is CardStatus.BLOCKED:
+        if self.status == CardStatus.BLOCKED:
             raise CardBlocked("card is blocked")
         locked = self.terms.locked_site_id
         if locked is not None and origin.site_id != locked:
@@ -326,14 +328,14 @@ class Card(Aggregate):
         self._refunded(amount_minor, *_where(origin))
 
     def block(self, reason: str, origin: Origin) -> None:
-        if self.status is CardStatus.EXPIRED:
+        if self.status == CardStatus.EXPIRED:
             raise CardExpired("an expired card cannot be blocked")
-        if self.status is CardStatus.BLOCKED:
+        if self.status == CardStatus.BLOCKED:
             raise CardBlocked("card is already blocked")
         self._blocked(reason, *_where(origin))
 
     def unblock(self, origin: Origin) -> None:
-        if self.status is not CardStatus.BLOCKED:
+        if self.status != CardStatus.BLOCKED:
             raise CardNotBlocked("card is not blocked")
         self._unblocked(*_where(origin))
 
@@ -347,7 +349,7 @@ class Card(Aggregate):
 
     def expire(self, origin: Origin) -> None:
         """Close a card past its expiry date: holds are released and the rest becomes breakage."""
-        if self.status is CardStatus.EXPIRED or not self.is_past_expiry(origin.occurred_at):
+        if self.status == CardStatus.EXPIRED or not self.is_past_expiry(origin.occurred_at):
             return
         for hold in list(self.holds.values()):
             self._reservation_released(

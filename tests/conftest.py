@@ -96,7 +96,8 @@ async def pool(database_url: str, http: AsyncTestClient[Litestar]) -> AsyncItera
 # In the lock order the app keeps (card rows, then the event table), so a sweep or write still
 # in flight cannot deadlock with the truncation.
 TABLES = (
-    "card_views, card_holds, giftledger_events, idempotency_keys, locations, card_types, clients"
+    "card_views, card_holds, giftledger_events, giftledger_snapshots, idempotency_keys,"
+    " locations, card_types, clients"
 )
 
 

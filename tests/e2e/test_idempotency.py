@@ -1,0 +1,147 @@
+"""A retried POST with the same Idempotency-Key has exactly one effect and one answer."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+RESICO = "/api/giftcards/v1"
+_numbers = itertools.count(5_000_000_000_000_000)
+
+
+def new_number() -> str:
+    return str(next(_numbers))
+
+
+async def sell(http, client, number: str, amount: str = "20.00") -> None:
+    sale = {"amount": amount, "transactionNo": number[-8:], "locationCode": "SHOP1"}
+    response = await http.post(f"{RESICO}/cards/{number}", json=sale, headers=client.headers)
+    assert response.status_code == 200, response.text
+
+
+async def use(http, client, number: str, amount: str, key: str | None):
+    headers = dict(client.headers) | ({"Idempotency-Key": key} if key else {})
+    return await http.post(
+        f"{RESICO}/transactions/{client.consumer_key}/cards/{number}",
+        json={"amount": amount},
+        headers=headers,
+    )
+
+
+async def event_types(http, client, number: str) -> list[str]:
+    response = await http.get(f"/v1/cards/{number}/events?limit=500", headers=client.headers)
+    return [e["type"] for e in response.json()["events"]]
+
+
+async def test_fifty_concurrent_retries_with_one_key_pay_once_with_identical_answers(http, world):
+    number = new_number()
+    await sell(http, world.pos, number)
+
+    answers = await asyncio.gather(
+        *(use(http, world.pos, number, "1.00", "pay-1") for _ in range(50))
+    )
+
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    assert answers[0].json()["currentBalance"] == 19.0
+    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed"]
+
+
+async def test_a_sequential_retry_replays_the_first_answer_and_says_so(http, world):
+    number = new_number()
+    await sell(http, world.pos, number)
+    first = await use(http, world.pos, number, "2.00", "pay-2")
+    await use(http, world.pos, number, "1.00", None)  # The card moves on in between.
+    again = await use(http, world.pos, number, "2.00", "pay-2")
+
+    assert again.status_code == 200
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed", "Redeemed"]
+
+
+async def test_a_key_reused_with_another_body_is_refused_and_changes_nothing(http, world):
+    number = new_number()
+    await sell(http, world.pos, number)
+    await use(http, world.pos, number, "2.00", "pay-3")
+    reused = await use(http, world.pos, number, "3.00", "pay-3")
+
+    assert reused.status_code == 422
+    assert reused.json()["code"] == "idempotency_key_reused"
+    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed"]
+
+
+async def test_keys_belong_to_their_client(http, world):
+    number = new_number()
+    await sell(http, world.pos, number)
+    mine = await use(http, world.pos, number, "2.00", "shared-key")
+    theirs = await use(http, world.other, number, "2.00", "shared-key")
+
+    assert mine.status_code == theirs.status_code == 200
+    assert theirs.json()["currentBalance"] == 16.0
+    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed", "Redeemed"]
+
+
+async def test_a_key_longer_than_255_characters_is_refused(http, world):
+    number = new_number()
+    await sell(http, world.pos, number)
+    assert (await use(http, world.pos, number, "1.00", "k" * 255)).status_code == 200
+    too_long = await use(http, world.pos, number, "1.00", "k" * 256)
+    assert too_long.status_code == 422
+    assert too_long.json()["code"] == "invalid_idempotency_key"
+
+
+async def test_native_and_giftstream_writes_honour_the_key(http, world):
+    headers = dict(world.pos.headers) | {"Idempotency-Key": "gs-1"}
+    body = {"cardType": "2", "currencyCode": "978", "initialBalance": "5.00"}
+    created = await asyncio.gather(
+        *(http.post("/giftcard", json=body, headers=headers) for _ in range(5))
+    )
+    assert {c.status_code for c in created} == {200}
+    assert len({c.json()["data"]["cardId"] for c in created}) == 1
+    number = created[0].json()["data"]["cardId"]
+
+    hold_headers = dict(world.pos.headers) | {"Idempotency-Key": "hold-1"}
+    holds = await asyncio.gather(
+        *(
+            http.post(f"/v1/cards/{number}/holds", json={"amount_minor": 100}, headers=hold_headers)
+            for _ in range(5)
+        )
+    )
+    assert {h.status_code for h in holds} == {201}
+    assert len({h.json()["hold_id"] for h in holds}) == 1
+    assert await event_types(http, world.pos, number) == ["Sold", "Reserved"]
+
+
+retry_schedules = st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4)), min_size=1, max_size=8)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(schedule=retry_schedules)
+async def test_any_retry_schedule_pays_each_key_exactly_once(http, world, schedule):
+    """Waves of concurrent retries: each key's body is fixed; each key pays once, whatever came."""
+    number = new_number()
+    await sell(http, world.pos, number, "100.00")
+    amount_of = {k: f"{k + 1}.00" for k in range(4)}
+    answers: dict[int, set[bytes]] = {}
+    for key, copies in schedule:
+        wave = await asyncio.gather(
+            *(
+                use(http, world.pos, number, amount_of[key], f"{number}-{key}")
+                for _ in range(copies)
+            )
+        )
+        assert {r.status_code for r in wave} == {200}
+        answers.setdefault(key, set()).update(r.content for r in wave)
+
+    assert all(len(bodies) == 1 for bodies in answers.values())
+    types = await event_types(http, world.pos, number)
+    assert types == ["Sold"] + ["Redeemed"] * len(answers)
+    card = await http.get(f"{RESICO}/cards/{number}", headers=world.pos.headers)
+    assert card.json()["currentBalance"] == 100 - sum(k + 1 for k in answers)

@@ -1,0 +1,119 @@
+"""Group commit: a batch commits together, a refused command fails alone, a lost ack is no error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from api.service import CardLedger, CardService, Job, ledger_env
+from ledger.card import CardTerms, Origin
+from ledger.errors import CardNotFound, InsufficientFunds
+from projections.database import eventsourcing_env
+
+TERMS = CardTerms("fixed16", "EUR", True, True, True, None)
+
+
+@pytest.fixture
+def service(world, database_url):
+    ledger = CardLedger(env=ledger_env(eventsourcing_env(database_url)))
+    # A long linger: these tests hand batches to commit_batch themselves.
+    card_service = CardService(ledger, 900, batch_size_max=64, batch_linger_seconds=0.05)
+    yield card_service
+    card_service.close()
+    ledger.close()
+
+
+def origin() -> Origin:
+    return Origin(occurred_at=datetime.now(UTC), actor="pos", location_code="SHOP1", site_id=1)
+
+
+def redeem(number: str, amount_minor: int) -> Job:
+    return Job(number, lambda card: card.redeem(amount_minor, origin()), None)
+
+
+def versions(service: CardService, number: str) -> list[str]:
+    return [type(e).__name__ for e in service.events_now(number, 0, 100)]
+
+
+def test_a_refused_command_fails_alone_and_the_rest_of_its_batch_commits(service):
+    service.sell_now("6000000000000001", 1, TERMS, 1000, origin())
+    service.sell_now("6000000000000002", 2, TERMS, 1000, origin())
+    jobs = [
+        redeem("6000000000000001", 300),
+        redeem("6000000000000002", 5000),  # More than the balance.
+        redeem("6000000000000001", 200),
+        redeem("6000000000000009", 100),  # No such card.
+        redeem("6000000000000002", 400),
+    ]
+
+    service.commit_batch(jobs)
+
+    assert [j.future.result().balance_minor for j in jobs[::2]] == [700, 500, 600]
+    assert isinstance(jobs[1].future.exception(), InsufficientFunds)
+    assert isinstance(jobs[3].future.exception(), CardNotFound)
+    assert versions(service, "6000000000000001") == ["Sold", "Redeemed", "Redeemed"]
+    assert versions(service, "6000000000000002") == ["Sold", "Redeemed"]
+    assert service.card_now("6000000000000002").balance_minor == 600
+
+
+def test_concurrent_submissions_share_batches_and_all_commit(service):
+    service.sell_now("6000000000000003", 3, TERMS, 10_000, origin())
+    futures = [
+        service.submit("6000000000000003", lambda c: c.redeem(7, origin())) for _ in range(40)
+    ]
+
+    balances = sorted(f.result(timeout=10).balance_minor for f in futures)
+
+    assert balances == [10_000 - 7 * n for n in range(40, 0, -1)]
+    assert versions(service, "6000000000000003").count("Redeemed") == 40
+
+
+def test_a_commit_whose_acknowledgement_was_lost_is_neither_an_error_nor_a_second_write(
+    service, monkeypatch
+):
+    service.sell_now("6000000000000004", 4, TERMS, 1000, origin())
+    real_save = service.ledger.save
+
+    def save_then_lose_the_ack(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise IntegrityError("connection lost after commit; the retry met its own rows")
+
+    monkeypatch.setattr(service.ledger, "save", save_then_lose_the_ack)
+    job = redeem("6000000000000004", 250)
+    service.commit_batch([job])
+
+    assert job.future.result().balance_minor == 750
+    assert versions(service, "6000000000000004") == ["Sold", "Redeemed"]
+
+
+def test_a_batch_beaten_by_another_writer_reruns_each_command_with_fresh_reads(
+    service, database_url, monkeypatch
+):
+    service.sell_now("6000000000000005", 5, TERMS, 1000, origin())
+    rival_ledger = CardLedger(env=ledger_env(eventsourcing_env(database_url)))
+    rival = CardService(rival_ledger, 900)
+    real_load = service._load
+    loads = []
+
+    def load_then_let_the_rival_write(number):
+        card = real_load(number)
+        if not loads:  # Only between the batch's first read and its commit.
+            rival.submit(number, lambda c: c.redeem(100, origin())).result(timeout=10)
+        loads.append(card.version)
+        return card
+
+    monkeypatch.setattr(service, "_load", load_then_let_the_rival_write)
+    jobs = [redeem("6000000000000005", 300), redeem("6000000000000005", 650)]
+    try:
+        service.commit_batch(jobs)
+    finally:
+        rival.close()
+        rival_ledger.close()
+
+    assert loads[0] == 1  # The batch read the card before the rival's write ...
+    assert loads[1:] == [2, 3]  # ... and each re-run read it afresh.
+    assert jobs[0].future.result().balance_minor == 600
+    assert isinstance(jobs[1].future.exception(), InsufficientFunds)
+    assert versions(service, "6000000000000005") == ["Sold", "Redeemed", "Redeemed"]
