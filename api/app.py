@@ -39,6 +39,12 @@ async def health(state: State) -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/ping", tags=["ops"], media_type="text/plain")
+async def ping() -> str:
+    """No I/O at all: the HTTP floor the benchmark compares every endpoint with."""
+    return "pong"
+
+
 def _from_state(name: str) -> Provide:
     def provide(state: State) -> Any:
         return state[name]
@@ -87,6 +93,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             health,
+            ping,
             token_endpoint,
             resico_router(DEPENDENCIES),
             giftstream_router(DEPENDENCIES),

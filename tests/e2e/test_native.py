@@ -419,3 +419,9 @@ async def test_the_schema_page_is_html(http):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "<html" in response.text.lower()
+
+
+async def test_ping_answers_without_a_token_or_the_database(http):
+    response = await http.get("/ping")
+    assert response.status_code == 200
+    assert response.text == "pong"
