@@ -24,5 +24,10 @@ lint: $(STAMP)
 
 check: lint test
 
+# Not part of `make test`: loads the real service with wrk; see bench/run.py.
+bench: $(STAMP)
+	command -v wrk || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) .giftledger .pytest_cache

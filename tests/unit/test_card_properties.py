@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ledger.card import HOLDS_PER_CARD_MAX, Card, CardTerms, Origin
-from ledger.errors import (
-    BalanceLimitExceeded,
-    CaptureExceedsHold,
-    CardBlocked,
-    CardExpired,
-    CardNotBlocked,
-    HoldNotFound,
-    InsufficientFunds,
-    InvalidAmount,
-    LedgerError,
-    LoadNotAllowed,
-    RedeemNotAllowed,
-    RefundExceedsSpent,
-    ReservationNotSupported,
-    TooManyHolds,
-    WrongLocation,
-)
+from ledger.card import Card, CardTerms, Origin
+from ledger.errors import LedgerError
 from ledger.money import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX
-from tests.unit.support import NUMBER, T0, names, replay, snapshot, terms
+from tests.unit.card_model import Model
+from tests.unit.support import NUMBER, T0, facts, names, replay, snapshot, terms
 
 CLIENTS = ("pos-1", "pos-2", "pos-3")
 SITE = 7
@@ -52,150 +37,6 @@ SIGN = {
 
 clients = st.sampled_from(CLIENTS)
 sites = st.sampled_from([SITE, SITE, None, 8])
-
-
-@dataclass
-class Model:
-    """Plain numbers: what the card should hold. Each method raises what the card should raise."""
-
-    terms: CardTerms
-    balance: int
-    spent: int = 0
-    status: str = "active"
-    holds: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)
-
-    def copy(self) -> Model:
-        return replace(self, holds=dict(self.holds))
-
-    def available(self) -> int:
-        return self.balance - sum(amount for _, amount, _ in self.holds.values())
-
-    def own(self, client: str) -> str | None:
-        return next((k for k, (c, _, _) in self.holds.items() if c == client), None)
-
-    def release_expired(self, now: datetime) -> None:
-        self.holds = {k: h for k, h in self.holds.items() if h[2] > now}
-
-    def usable(self, now: datetime, site: int | None) -> None:
-        past = self.terms.expires_on is not None and now.date() > self.terms.expires_on
-        if self.status == "expired" or past:
-            raise CardExpired("model")
-        if self.status == "blocked":
-            raise CardBlocked("model")
-        if self.terms.locked_site_id not in (None, site):
-            raise WrongLocation("model")
-
-    def reservations(self) -> None:
-        if not self.terms.reservations_allowed:
-            raise ReservationNotSupported("model")
-
-    def spend(self, amount: int) -> None:
-        self.balance -= amount
-        self.spent += amount
-
-    def redeem(self, client: str, amount: int, now: datetime, site: int | None) -> None:
-        valid(amount)
-        self.release_expired(now)
-        self.usable(now, site)
-        if not self.terms.redeem_allowed:
-            raise RedeemNotAllowed("model")
-        hold_id = self.own(client)
-        held = self.holds[hold_id][1] if hold_id else 0
-        if amount > held + self.available():
-            raise InsufficientFunds("model")
-        self.holds.pop(hold_id or "", None)
-        self.spend(amount)
-
-    def reserve(
-        self,
-        client: str,
-        amount: int | None,
-        ttl: int,
-        now: datetime,
-        site: int | None,
-        hold_id: str,
-    ) -> None:
-        self.release_expired(now)
-        self.reservations()
-        self.usable(now, site)
-        previous = self.own(client)
-        spendable = self.available() + (self.holds[previous][1] if previous else 0)
-        if amount is not None:
-            valid(amount)
-        wanted = spendable if amount is None else amount
-        if wanted == 0 or wanted > spendable:
-            raise InsufficientFunds("model")
-        if previous is None and len(self.holds) >= HOLDS_PER_CARD_MAX:
-            raise TooManyHolds("model")
-        self.holds.pop(previous or "", None)
-        self.holds[hold_id] = (client, wanted, now + timedelta(seconds=ttl))
-
-    def cancel(self, client: str, now: datetime) -> None:
-        self.reservations()
-        self.release_expired(now)
-        self.holds.pop(self.own(client) or "", None)
-
-    def own_hold(self, client: str, hold_id: str, now: datetime) -> int:
-        self.reservations()
-        self.release_expired(now)
-        if hold_id not in self.holds or self.holds[hold_id][0] != client:
-            raise HoldNotFound("model")
-        return self.holds.pop(hold_id)[1]
-
-    def capture(
-        self, client: str, hold_id: str, amount: int | None, now: datetime, site: int | None
-    ) -> None:
-        held = self.own_hold(client, hold_id, now)
-        self.usable(now, site)
-        captured = held if amount is None else amount
-        valid(captured)
-        if captured > held:
-            raise CaptureExceedsHold("model")
-        self.spend(captured)
-
-    def load(self, amount: int, now: datetime, site: int | None) -> None:
-        valid(amount)
-        self.usable(now, site)
-        if self.terms.fixed_amount:
-            raise LoadNotAllowed("model")
-        if self.balance + amount > BALANCE_MINOR_MAX:
-            raise BalanceLimitExceeded("model")
-        self.balance += amount
-
-    def refund(self, amount: int, now: datetime, site: int | None) -> None:
-        valid(amount)
-        self.usable(now, site)
-        if amount > self.spent:
-            raise RefundExceedsSpent("model")
-        if self.balance + amount > BALANCE_MINOR_MAX:
-            raise BalanceLimitExceeded("model")
-        self.balance += amount
-        self.spent -= amount
-
-    def block(self) -> None:
-        if self.status != "active":
-            raise CardExpired("model") if self.status == "expired" else CardBlocked("model")
-        self.status = "blocked"
-
-    def unblock(self) -> None:
-        if self.status != "blocked":
-            raise CardNotBlocked("model")
-        self.status = "active"
-
-    def expire(self, now: datetime) -> None:
-        if (
-            self.status != "expired"
-            and self.terms.expires_on
-            and now.date() > self.terms.expires_on
-        ):
-            self.holds.clear()
-            self.balance = 0
-            self.status = "expired"
-
-
-def valid(amount: int) -> None:
-    if not 1 <= amount <= AMOUNT_MINOR_MAX:
-        raise InvalidAmount("model")
 
 
 class CardMachine(RuleBasedStateMachine):
@@ -250,7 +91,9 @@ class CardMachine(RuleBasedStateMachine):
             self.check_refusal_left_no_trace(before)
             return
         assert expected is None, f"card accepted; model expected {expected.__name__}"
-        self.events += self.card.collect_events()
+        recorded = self.card.collect_events()
+        assert facts(recorded, "hold_id", "amount_minor", "reason") == trial.log
+        self.events += recorded
         self.model = trial
 
     def check_refusal_left_no_trace(self, before: tuple[object, ...]) -> None:
@@ -266,6 +109,17 @@ class CardMachine(RuleBasedStateMachine):
     @rule(hours=st.integers(1, 30))
     def advance_hours(self, hours: int) -> None:
         self.now += timedelta(hours=hours)
+
+    def advance_to(self, moment: datetime) -> None:
+        self.now = max(self.now, moment)
+
+    @precondition(lambda self: self.model.holds)
+    @rule(offset=st.sampled_from([0, -1, 1]), data=st.data())
+    def advance_to_a_hold_expiry(self, offset: int, data: st.DataObject) -> None:
+        """Land on, just before or just after the instant a hold expires."""
+        expiries = sorted({expires_at for _, _, expires_at in self.model.holds.values()})
+        expires_at = data.draw(st.sampled_from(expiries), label="expires_at")
+        self.advance_to(expires_at + timedelta(seconds=offset))
 
     # Commands.
 
@@ -321,7 +175,7 @@ class CardMachine(RuleBasedStateMachine):
     def void(self, data: st.DataObject) -> None:
         hold_id, client = self.pick_hold(data)
         now, origin = self.now, self.origin(client, None)
-        self.attempt(lambda c: c.void(hold_id, origin), lambda m: m.own_hold(client, hold_id, now))
+        self.attempt(lambda c: c.void(hold_id, origin), lambda m: m.void(client, hold_id, now))
 
     @rule(site=sites, data=st.data())
     def load(self, site: int | None, data: st.DataObject) -> None:
@@ -338,7 +192,7 @@ class CardMachine(RuleBasedStateMachine):
     @rule()
     def block(self) -> None:
         origin = self.origin(CLIENTS[0], None)
-        self.attempt(lambda c: c.block("suspicious", origin), Model.block)
+        self.attempt(lambda c: c.block("suspicious", origin), lambda m: m.block("suspicious"))
 
     @rule()
     def unblock(self) -> None:
