@@ -274,6 +274,7 @@ class Card(Aggregate):
             self._reservation_released(
                 previous.hold_id, previous.amount_minor, ReleaseReason.CANCELLED, *_where(origin)
             )
+        assert hold_id not in self.holds, "hold ids are unique per card"
         expires_at = now + timedelta(seconds=ttl_seconds)
         self._reserved(hold_id, origin.actor, wanted_minor, expires_at, *_where(origin))
         return self.holds[hold_id]
@@ -315,6 +316,7 @@ class Card(Aggregate):
             raise LoadNotAllowed("fixed-amount cards cannot be loaded")
         if self.balance_minor + amount_minor > BALANCE_MINOR_MAX:
             raise BalanceLimitExceeded(f"a card holds at most {BALANCE_MINOR_MAX} minor units")
+        self.release_expired_holds(origin)
         self._loaded(amount_minor, *_where(origin))
 
     def refund(self, amount_minor: int, origin: Origin) -> None:
@@ -325,6 +327,7 @@ class Card(Aggregate):
             raise RefundExceedsSpent(f"only {self.spent_minor} minor units were spent")
         if self.balance_minor + amount_minor > BALANCE_MINOR_MAX:
             raise BalanceLimitExceeded(f"a card holds at most {BALANCE_MINOR_MAX} minor units")
+        self.release_expired_holds(origin)
         self._refunded(amount_minor, *_where(origin))
 
     def block(self, reason: str, origin: Origin) -> None:
@@ -332,11 +335,13 @@ class Card(Aggregate):
             raise CardExpired("an expired card cannot be blocked")
         if self.status == CardStatus.BLOCKED:
             raise CardBlocked("card is already blocked")
+        self.release_expired_holds(origin)
         self._blocked(reason, *_where(origin))
 
     def unblock(self, origin: Origin) -> None:
         if self.status != CardStatus.BLOCKED:
             raise CardNotBlocked("card is not blocked")
+        self.release_expired_holds(origin)
         self._unblocked(*_where(origin))
 
     def release_expired_holds(self, origin: Origin) -> None:

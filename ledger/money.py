@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
@@ -13,6 +14,9 @@ AMOUNT_MINOR_MAX = 10_000_000_000
 BALANCE_MINOR_MAX = 10_000_000_000
 # Digits before the decimal point worth scaling at all; anything larger is refused outright.
 AMOUNT_DIGITS_MAX = 18
+
+
+_AMOUNT_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
 class Currency(NamedTuple):
@@ -67,6 +71,10 @@ def to_minor(
     """
     if isinstance(amount, bool | float):  # A float has already lost exactness.
         raise InvalidAmount("amount must be a decimal number")
+    # Decimal() alone would take " 1.5 ", "1_000", "+5" and non-ASCII digits; text must be a
+    # plain JSON-style number.
+    if isinstance(amount, str) and not _AMOUNT_TEXT.fullmatch(amount):
+        raise InvalidAmount(f"amount {amount!r} is not a decimal number")
     try:
         value = Decimal(amount)
     except (InvalidOperation, ValueError, TypeError):

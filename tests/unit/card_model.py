@@ -165,6 +165,7 @@ class Model:
             raise LoadNotAllowed("model")
         if self.balance + amount > BALANCE_MINOR_MAX:
             raise BalanceLimitExceeded("model")
+        self.release_expired(now)
         self.balance += amount
         self.log.append(("Loaded", None, amount, None))
 
@@ -175,19 +176,22 @@ class Model:
             raise RefundExceedsSpent("model")
         if self.balance + amount > BALANCE_MINOR_MAX:
             raise BalanceLimitExceeded("model")
+        self.release_expired(now)
         self.balance += amount
         self.spent -= amount
         self.log.append(("Refunded", None, amount, None))
 
-    def block(self, reason: str) -> None:
+    def block(self, reason: str, now: datetime) -> None:
         if self.status != "active":
             raise CardExpired("model") if self.status == "expired" else CardBlocked("model")
+        self.release_expired(now)
         self.status = "blocked"
         self.log.append(("Blocked", None, None, reason))
 
-    def unblock(self) -> None:
+    def unblock(self, now: datetime) -> None:
         if self.status != "blocked":
             raise CardNotBlocked("model")
+        self.release_expired(now)
         self.status = "active"
         self.log.append(("Unblocked", None, None, None))
 

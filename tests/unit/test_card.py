@@ -379,4 +379,7 @@ def test_expiry_is_judged_on_the_utc_date_whatever_the_offset() -> None:
     card, _ = given_card(10_000, expires_on=date(2026, 6, 30))
     # 2026-07-01 01:00 at UTC+2 is 2026-06-30 23:00 UTC: still the expiry day.
     card.redeem(100, origin(when=datetime(2026, 7, 1, 1, 0, tzinfo=timezone(timedelta(hours=2)))))
-    assert names(card.collect_events()) == ["Redeemed"]
+    assert facts(card.collect_events(), "amount_minor") == [("Redeemed", 100)]
+    # 2026-06-30 23:00 at UTC-2 is 2026-07-01 01:00 UTC: the day after.
+    late = origin(when=datetime(2026, 6, 30, 23, 0, tzinfo=timezone(timedelta(hours=-2))))
+    refused(card, CardExpired, lambda: card.redeem(100, late))

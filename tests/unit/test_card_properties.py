@@ -191,13 +191,13 @@ class CardMachine(RuleBasedStateMachine):
 
     @rule()
     def block(self) -> None:
-        origin = self.origin(CLIENTS[0], None)
-        self.attempt(lambda c: c.block("suspicious", origin), lambda m: m.block("suspicious"))
+        now, origin = self.now, self.origin(CLIENTS[0], None)
+        self.attempt(lambda c: c.block("suspicious", origin), lambda m: m.block("suspicious", now))
 
     @rule()
     def unblock(self) -> None:
-        origin = self.origin(CLIENTS[0], None)
-        self.attempt(lambda c: c.unblock(origin), Model.unblock)
+        now, origin = self.now, self.origin(CLIENTS[0], None)
+        self.attempt(lambda c: c.unblock(origin), lambda m: m.unblock(now))
 
     @rule()
     def expire(self) -> None:

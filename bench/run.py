@@ -1,0 +1,136 @@
+"""`make bench`: the real service under wrk at 1 and 2 workers, ledger checks, and a rebuild.
+
+Not part of `make test`. Uses GIFTLEDGER_BENCH_DATABASE_URL, else this machine's PostgreSQL at
+127.0.0.1:5432, else an embedded one; a fresh database is created for the run and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+
+from api.bootstrap import prepare_database
+from bench import report
+from bench.database import (
+    Server,
+    choose_server,
+    fresh_database,
+    server_version,
+    settled_redeemed_minor,
+    stop_server,
+)
+from bench.load import FLOOR, PAY, SCENARIOS, Measurement, run_wrk
+from bench.rebuild import REBUILD_EVENTS, RebuildResult, measure_rebuild
+from bench.seed import Seeded, bench_settings, seed
+from bench.server import Running, serving, status_of
+
+WORKER_COUNTS = (1, 2)
+WARMUP_SECONDS = 3
+PING_PATH = "/ping"
+HEALTH_PATH = "/health"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def floor_path(base_url: str) -> str:
+    """A static /ping when the app has one, else /health (one SELECT 1)."""
+    return PING_PATH if status_of(f"{base_url}{PING_PATH}") == 200 else HEALTH_PATH
+
+
+def measure_pay(
+    url: str, running: Running, seeded: Seeded
+) -> tuple[Measurement, report.LedgerCheck]:
+    before = settled_redeemed_minor(url)
+    measured = run_wrk(PAY, running.base_url, seeded.pos, running.workers)
+    delta = settled_redeemed_minor(url) - before
+    check = report.LedgerCheck(running.workers, measured.ok, measured.in_flight, delta)
+    return measured, check
+
+
+def run_workers(
+    url: str, seeded: Seeded, workers: int
+) -> tuple[list[Measurement], report.LedgerCheck, str]:
+    measurements: list[Measurement] = []
+    with serving(url, workers) as running:
+        path = floor_path(running.base_url)
+        say(f"\n{workers} worker(s) at {running.base_url}; HTTP floor is GET {path}")
+        run_wrk(FLOOR, running.base_url, seeded.pos, workers, path, WARMUP_SECONDS)
+        run_wrk(PAY, running.base_url, seeded.pos, workers, seconds=WARMUP_SECONDS)
+        check = None
+        for scenario in SCENARIOS:
+            if scenario is PAY:
+                measured, check = measure_pay(url, running, seeded)
+            else:
+                client = seeded.reserver if scenario.uses_reserver else seeded.pos
+                measured = run_wrk(scenario, running.base_url, client, workers, path)
+            measurements.append(measured)
+            say(report.scenario_line(measured, report.floor_of(measurements, workers).rps))
+            if check is not None and scenario is PAY:
+                say(f"  {check.line()}")
+    assert check is not None
+    return measurements, check, path
+
+
+def http_runs(url: str) -> tuple[list[Measurement], list[report.LedgerCheck], str]:
+    seeded = seed(url)
+    say(f"seeded {seeded.cards:,} cards in {seeded.seconds:.1f} s")
+    measurements: list[Measurement] = []
+    checks: list[report.LedgerCheck] = []
+    paths: list[str] = []
+    for workers in WORKER_COUNTS:
+        found, check, path = run_workers(url, seeded, workers)
+        measurements += found
+        checks.append(check)
+        paths.append(path)
+    return measurements, checks, " and ".join(sorted(set(paths)))
+
+
+def rebuild_run(server: Server) -> RebuildResult:
+    with fresh_database(server.url, "_rebuild") as url:
+        asyncio.run(prepare_database(url, bench_settings(url)))
+        say(f"\ngenerating {REBUILD_EVENTS:,} events for the rebuild (fresh database) ...")
+        rebuilt = measure_rebuild(url)
+    say(f"  generated in {rebuilt.generate_seconds:.1f} s; {rebuilt.output}")
+    say(f"  rebuild: {rebuilt.rebuild_seconds:.1f} s, peak RSS {rebuilt.peak_rss_mib:.0f} MiB")
+    return rebuilt
+
+
+def summarize(
+    measurements: list[Measurement], checks: list[report.LedgerCheck], rebuilt: RebuildResult,
+    info: report.RunInfo,
+) -> None:  # fmt: skip
+    lines = report.results_document(measurements, checks, rebuilt, info)
+    report.write_results(lines)
+    say("\n" + "\n".join(lines[2:]))
+    say(f"\n(written to {report.RESULTS_FILE})")
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        say("wrk is not installed (make bench installs it with apt-get)")
+        return 2
+    started = time.monotonic()
+    load_before = report.load_average()
+    server = choose_server()
+    try:
+        postgres = f"PostgreSQL {asyncio.run(server_version(server.url))} ({server.label})"
+        say(f"giftledger bench on {report.machine()}\n{postgres}")
+        say(f"1-minute load average before the run: {load_before} (should be near 0)")
+        with fresh_database(server.url) as url:
+            measurements, checks, path = http_runs(url)
+        rebuilt = rebuild_run(server)
+    finally:
+        stop_server(server)
+    summarize(measurements, checks, rebuilt, report.RunInfo(postgres, path, load_before))
+    say(f"bench took {time.monotonic() - started:.0f} s")
+    # Performance targets are reported; only a ledger check failing (lost or duplicated
+    # events) makes the run fail.
+    return 0 if all(c.passed for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
