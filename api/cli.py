@@ -65,7 +65,8 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     """Serve the HTTP API (embedded PostgreSQL when GIFTLEDGER_DATABASE_URL is unset)."""
     import uvicorn
 
@@ -78,7 +79,14 @@ def serve(host: str, port: int, workers: int) -> None:
     if demo:
         _print_demo(demo, host, port)
     _exit_cleanly_on_signals()
-    uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run(
+        "api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+    )
 
 
 def _exit_cleanly_on_signals() -> None:

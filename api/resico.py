@@ -13,7 +13,7 @@ from litestar.exceptions import PermissionDeniedException
 
 from api.auth import requires
 from api.context import DecimalNumberResponse, origin_for, utc_now
-from api.errors import ApiError, unknown_location
+from api.errors import ApiError
 from api.idempotency import idempotent_write, present
 from api.service import CardService, new_hold_id
 from ledger.card import CardTerms, Origin, add_months
@@ -127,32 +127,27 @@ async def sell_card(
 )
 async def use_card(
     consumer_key: str, card_id: str, data: UseRequest, request: Request[Client, Any, Any],
-    service: CardService, config: ConfigStore, reader: CardReader,
+    service: CardService, config: ConfigStore,
 ) -> ResicoCard:  # fmt: skip
     """Use a card for payment. The caller's own hold on the card is captured first."""
     client = request.user
     if consumer_key != client.consumer_key:
         raise PermissionDeniedException("the consumer key is not this client's")
-    view = await _existing(reader, card_id)
-    amount_minor = _amount_minor(data.amount, view.currency)
     origin = await origin_for(config, client, data.location_code)
     idem = await idempotent_write(request, resico_card)
-    return present(await service.redeem(card_id, amount_minor, origin, idem), resico_card)
+    # The amount is converted in the card's own currency by the writer, which holds the card.
+    return present(await service.redeem(card_id, data.amount, origin, idem), resico_card)
 
 
 @post("/reserve/{card_id:str}", status_code=200, guards=[requires("cards:reserve")])
 async def reserve_card(
     card_id: str, data: ReserveRequest, request: Request[Client, Any, Any],
-    service: CardService, config: ConfigStore, reader: CardReader,
+    service: CardService, config: ConfigStore,
 ) -> ResicoCard:  # fmt: skip
     """Hold the whole available balance for the caller, or `amount` of it."""
-    view = await _existing(reader, card_id)
-    if await config.location(data.location_code) is None:
-        raise unknown_location(data.location_code)
-    amount_minor = None if data.amount is None else _amount_minor(data.amount, view.currency)
     origin = await origin_for(config, request.user, data.location_code)
     idem = await idempotent_write(request, resico_card)
-    outcome = await service.reserve(card_id, amount_minor, None, origin, new_hold_id(), idem)
+    outcome = await service.reserve(card_id, data.amount, None, origin, new_hold_id(), idem)
     return present(outcome, resico_card)
 
 

@@ -11,6 +11,7 @@ reads, never the write replayed.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import queue
@@ -22,18 +23,20 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import anyio.to_thread
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent, Transcoding
 
 from api.errors import IdempotencyKeyReused, WriteContention
 from api.idempotency import IdempotentWrite, StoredResponse
 from ledger.card import Card, CardTerms, Hold, Origin, card_id_for, check_card_number
 from ledger.errors import CardAlreadyExists, CardNotFound, LedgerError
+from ledger.money import currency, to_minor
 from projections.cards import CardView, view_of
 from projections.idempotency import select_stored
 
@@ -125,9 +128,12 @@ def new_hold_id() -> str:
 
 @dataclass
 class Job:
+    """One command for the writer; a sale creates its card instead of changing one."""
+
     number: str
     command: Callable[[Card], Any]
     idem: IdempotentWrite | None
+    create: Callable[[], Card] | None = None
     future: Future[Outcome] = field(default_factory=Future)
 
     @property
@@ -166,7 +172,9 @@ class CardService:
     def submit(self, number: str, command: Callable[[Card], Any],
                idem: IdempotentWrite | None = None) -> Future[Outcome]:  # fmt: skip
         check_card_number(number)
-        job = Job(number, command, idem)
+        return self.submit_job(Job(number, command, idem))
+
+    def submit_job(self, job: Job) -> Future[Outcome]:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -200,6 +208,7 @@ class CardService:
     def commit_batch(self, jobs: list[Job]) -> None:
         """Apply each job to its card and commit all of them in one transaction."""
         stored = self._stored_answers([k for j in jobs if j.idem for k in j.idem.keys])
+        known = self._fresh_cards({job.card_id for job in jobs})
         cards: dict[uuid.UUID, Card] = {}
         staged: list[tuple[Job, Outcome]] = []
         alone: list[Job] = []
@@ -210,14 +219,15 @@ class CardService:
                     alone.append(job)  # A retry racing its original: answer it after the commit.
                     continue
                 keys_in_batch.update(job.idem.keys)
-            self._stage(job, cards, stored, staged)
+            self._stage(job, known, cards, stored, staged)
         self._commit_staged(cards, staged)
         for job in alone:
-            self._resolve(job, partial(self.execute_now, job.number, job.command, job.idem))
+            self._resolve_alone(job)
 
     def _stage(
         self,
         job: Job,
+        known: dict[uuid.UUID, Card],
         cards: dict[uuid.UUID, Card],
         stored: dict[tuple[str, str], dict[str, Any]],
         staged: list[tuple[Job, Outcome]],
@@ -227,14 +237,84 @@ class CardService:
             if replay is not None:
                 job.future.set_result(replay)
                 return
-            card = cards.get(job.card_id) or self._load(job.number)
-            job.command(card)  # Guards run before any event: a refusal leaves the card as it was.
+            card = self._card_for(job, known, cards)
         except (LedgerError, IdempotencyKeyReused) as exc:
             job.future.set_exception(exc)
             return
         cards[job.card_id] = card
         view = view_of(card)
         staged.append((job, job.idem.answer(view) if job.idem else view))
+
+    def _card_for(
+        self, job: Job, known: dict[uuid.UUID, Card], cards: dict[uuid.UUID, Card]
+    ) -> Card:
+        """The job's card after its command; guards run before any event, so a refusal
+        leaves the card as it was."""
+        if job.create is not None:
+            if job.card_id in known or job.card_id in cards:
+                raise CardAlreadyExists(f"card {job.number} already exists")
+            return job.create()
+        card = cards.get(job.card_id) or known.get(job.card_id)
+        if card is None:
+            raise CardNotFound(f"card {job.number} does not exist")
+        job.command(card)
+        return card
+
+    def _fresh_cards(self, card_ids: set[uuid.UUID]) -> dict[uuid.UUID, Card]:
+        """The batch's cards in two queries: cached ones caught up with what other processes
+        appended since, and which of the others exist. Only cards neither cached nor new are
+        read one by one (from their latest snapshot)."""
+        cache = self.ledger.repository.cache
+        assert cache is not None
+        cards: dict[uuid.UUID, Card] = {}
+        for card_id in card_ids:
+            try:
+                cards[card_id] = copy.deepcopy(cache.get(card_id))
+            except KeyError:
+                continue
+        self._catch_up(cards)
+        for card_id in self._existing(card_ids - cards.keys()):
+            cards[card_id] = self.ledger.repository.get(card_id)
+        return cards
+
+    def _catch_up(self, cards: dict[uuid.UUID, Card]) -> None:
+        if not cards:
+            return
+        ids = list(cards)
+        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+            curs.execute(
+                "SELECT e.originator_id, e.originator_version, e.topic, e.state"  # noqa: S608
+                f" FROM {self._events_table} e JOIN unnest(%s::uuid[], %s::int[]) AS t(id, v)"
+                " ON e.originator_id = t.id AND e.originator_version > t.v"
+                " ORDER BY e.originator_id, e.originator_version",
+                (ids, [cards[i].version for i in ids]),
+            )
+            rows = curs.fetchall()
+        for row in rows:
+            stored = StoredEvent(
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            domain_event: Any = self.ledger.mapper.to_domain_event(stored)
+            cards[row["originator_id"]] = domain_event.mutate(cards[row["originator_id"]])
+
+    def _existing(self, card_ids: set[uuid.UUID]) -> list[uuid.UUID]:
+        if not card_ids:
+            return []
+        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+            curs.execute(
+                f"SELECT originator_id FROM {self._events_table}"  # noqa: S608
+                " WHERE originator_id = ANY(%s) AND originator_version = 1",
+                (list(card_ids),),
+            )
+            return [row["originator_id"] for row in curs.fetchall()]
+
+    @property
+    def _events_table(self) -> str:
+        recorder: Any = self.ledger.recorder
+        return f"{recorder.datastore.schema}.{recorder.events_table_name}"
 
     def _commit_staged(
         self, cards: dict[uuid.UUID, Card], staged: list[tuple[Job, Outcome]]
@@ -258,14 +338,22 @@ class CardService:
             if probe is None or not self._landed(probe):
                 # Another process wrote one of these cards first: re-run each command alone.
                 for job, _ in staged:
-                    self._resolve(job, partial(self.execute_now, job.number, job.command, job.idem))
+                    self._resolve_alone(job)
                 return
+        cache = self.ledger.repository.cache
+        assert cache is not None
+        for card in cards.values():
+            cache.put(card.id, card)  # Committed: the next batch starts from here.
         for job, answer in staged:
             job.future.set_result(answer)
 
-    def _resolve(self, job: Job, run: Callable[[], Outcome]) -> None:
+    def _resolve_alone(self, job: Job) -> None:
         try:
-            job.future.set_result(run())
+            if job.create is not None:
+                outcome = self._create_now(job.number, job.create, job.idem)
+            else:
+                outcome = self.execute_now(job.number, job.command, job.idem)
+            job.future.set_result(outcome)
         except (LedgerError, IdempotencyKeyReused, WriteContention) as exc:
             job.future.set_exception(exc)
 
@@ -310,10 +398,17 @@ class CardService:
 
     def sell_now(self, number: str, ref: int, terms: CardTerms, amount_minor: int,
                  origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        return self._create_now(
+            number, lambda: Card.sell(number, ref, terms, amount_minor, origin), idem
+        )
+
+    def _create_now(
+        self, number: str, create: Callable[[], Card], idem: IdempotentWrite | None
+    ) -> Outcome:
         replay = _replay(idem, self._stored_answers(idem.keys if idem else ()))
         if replay is not None:
             return replay
-        card = Card.sell(number, ref, terms, amount_minor, origin)
+        card = create()
         view = view_of(card)
         answer: Outcome = idem.answer(view) if idem else view
         probe = card.pending_events[0]
@@ -373,24 +468,30 @@ class CardService:
 
     async def sell(self, number: str, ref: int, terms: CardTerms, amount_minor: int,
                    origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self._run(
-            partial(self.sell_now, number, ref, terms, amount_minor, origin, idem)
-        )
+        check_card_number(number)
+        job = Job(number, _no_command, idem,
+                  create=lambda: Card.sell(number, ref, terms, amount_minor, origin))  # fmt: skip
+        return await asyncio.wrap_future(self.submit_job(job))
 
-    async def redeem(self, number: str, amount_minor: int, origin: Origin,
+    async def redeem(self, number: str, amount: int | Decimal, origin: Origin,
                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.redeem(amount_minor, origin), idem)
+        """Pay `amount`: minor units, or a Decimal in the card's own currency."""
+        return await self.execute(number, lambda c: c.redeem(_minor(amount, c), origin), idem)
 
     def hold_ttl(self, ttl_seconds: int | None) -> int:
         return min(ttl_seconds or self.hold_ttl_seconds, self.hold_ttl_seconds)
 
-    async def reserve(self, number: str, amount_minor: int | None, ttl_seconds: int | None,
+    async def reserve(self, number: str, amount: int | Decimal | None, ttl_seconds: int | None,
                       origin: Origin, hold_id: str,
                       idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
+        """Hold `amount` (minor units, or a Decimal in the card's currency), or all available."""
         ttl = self.hold_ttl(ttl_seconds)
-        return await self.execute(
-            number, lambda c: c.reserve(amount_minor, ttl, origin, hold_id), idem
-        )
+
+        def reserve(card: Card) -> None:
+            wanted = None if amount is None else _minor(amount, card)
+            card.reserve(wanted, ttl, origin, hold_id)
+
+        return await self.execute(number, reserve, idem)
 
     async def cancel_reservation(self, number: str, origin: Origin,
                                  idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
@@ -435,6 +536,17 @@ class CardService:
         if not events and after_version == 0:
             raise CardNotFound(f"card {number} does not exist")
         return events
+
+
+def _no_command(_: Card) -> None:
+    """A sale's job creates its card; it has nothing to apply to an existing one."""
+
+
+def _minor(amount: int | Decimal, card: Card) -> int:
+    """Minor units as given, or a decimal amount converted exactly in the card's currency."""
+    if isinstance(amount, Decimal):
+        return to_minor(amount, currency(card.terms.currency).minor_digits)
+    return amount
 
 
 def _replay(

@@ -83,12 +83,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def serving(url: str, workers: int) -> Iterator[Running]:
-    """`giftledger serve --workers N` on a free port; access logs are discarded, errors kept."""
+    """`giftledger serve --workers N` on a free port, without access logs; errors are kept."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix=f"giftledger-bench-{workers}w-", suffix=".log")[1])
     env = {**os.environ, "GIFTLEDGER_DATABASE_URL": url, "GIFTLEDGER_JWT_SECRET": JWT_SECRET}
     command = [venv_command("giftledger"), "serve", "--host", HOST, "--port", str(port),
-               "--workers", str(workers)]  # fmt: skip
+               "--workers", str(workers), "--no-access-log"]  # fmt: skip
     with log.open("wb") as err:
         proc = subprocess.Popen(  # noqa: S603 - our own console script.
             command, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True

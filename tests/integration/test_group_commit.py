@@ -94,17 +94,23 @@ def test_a_batch_beaten_by_another_writer_reruns_each_command_with_fresh_reads(
     service.sell_now("6000000000000005", 5, TERMS, 1000, origin())
     rival_ledger = CardLedger(env=ledger_env(eventsourcing_env(database_url)))
     rival = CardService(rival_ledger, 900)
-    real_load = service._load
+    real_fresh, real_load = service._fresh_cards, service._load
     loads = []
 
-    def load_then_let_the_rival_write(number):
+    def read_then_let_the_rival_write(card_ids):
+        cards = real_fresh(card_ids)  # The batch's read ...
+        loads.extend(card.version for card in cards.values())
+        # ... then another process commits to the same card before the batch does.
+        rival.submit("6000000000000005", lambda c: c.redeem(100, origin())).result(timeout=10)
+        return cards
+
+    def load_alone(number):
         card = real_load(number)
-        if not loads:  # Only between the batch's first read and its commit.
-            rival.submit(number, lambda c: c.redeem(100, origin())).result(timeout=10)
         loads.append(card.version)
         return card
 
-    monkeypatch.setattr(service, "_load", load_then_let_the_rival_write)
+    monkeypatch.setattr(service, "_fresh_cards", read_then_let_the_rival_write)
+    monkeypatch.setattr(service, "_load", load_alone)
     jobs = [redeem("6000000000000005", 300), redeem("6000000000000005", 650)]
     try:
         service.commit_batch(jobs)
