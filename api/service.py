@@ -261,9 +261,9 @@ class CardService:
         return card
 
     def _fresh_cards(self, card_ids: set[uuid.UUID]) -> dict[uuid.UUID, Card]:
-        """The batch's cards in two queries: cached ones caught up with what other processes
-        appended since, and which of the others exist. Only cards neither cached nor new are
-        read one by one (from their latest snapshot)."""
+        """The batch's cards, whatever their number, in at most three queries: cached cards are
+        caught up with what other processes appended since; the others start from their latest
+        snapshot, or from their first event. A card absent from the result does not exist."""
         cache = self.ledger.repository.cache
         assert cache is not None
         cards: dict[uuid.UUID, Card] = {}
@@ -272,49 +272,56 @@ class CardService:
                 cards[card_id] = copy.deepcopy(cache.get(card_id))
             except KeyError:
                 continue
-        self._catch_up(cards)
-        for card_id in self._existing(card_ids - cards.keys()):
-            cards[card_id] = self.ledger.repository.get(card_id)
+        cold = card_ids - cards.keys()
+        cards.update(self._latest_snapshots(cold))
+        self._catch_up(cards, from_zero=cold - cards.keys())
         return cards
 
-    def _catch_up(self, cards: dict[uuid.UUID, Card]) -> None:
-        if not cards:
-            return
-        ids = list(cards)
-        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
-            curs.execute(
-                "SELECT e.originator_id, e.originator_version, e.topic, e.state"  # noqa: S608
-                f" FROM {self._events_table} e JOIN unnest(%s::uuid[], %s::int[]) AS t(id, v)"
-                " ON e.originator_id = t.id AND e.originator_version > t.v"
-                " ORDER BY e.originator_id, e.originator_version",
-                (ids, [cards[i].version for i in ids]),
-            )
-            rows = curs.fetchall()
-        for row in rows:
-            stored = StoredEvent(
-                originator_id=row["originator_id"],
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
-            domain_event: Any = self.ledger.mapper.to_domain_event(stored)
-            cards[row["originator_id"]] = domain_event.mutate(cards[row["originator_id"]])
-
-    def _existing(self, card_ids: set[uuid.UUID]) -> list[uuid.UUID]:
+    def _latest_snapshots(self, card_ids: set[uuid.UUID]) -> dict[uuid.UUID, Card]:
         if not card_ids:
-            return []
-        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
-            curs.execute(
-                f"SELECT originator_id FROM {self._events_table}"  # noqa: S608
-                " WHERE originator_id = ANY(%s) AND originator_version = 1",
-                (list(card_ids),),
-            )
-            return [row["originator_id"] for row in curs.fetchall()]
+            return {}
+        rows = self._fetch(
+            "SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, state"  # noqa: S608
+            f" FROM {self._table('snapshots')} WHERE originator_id = ANY(%s)"
+            " ORDER BY originator_id, originator_version DESC",
+            (list(card_ids),),
+        )
+        return {row["originator_id"]: self._decode(row).mutate(None) for row in rows}
 
-    @property
-    def _events_table(self) -> str:
+    def _catch_up(self, cards: dict[uuid.UUID, Card], from_zero: set[uuid.UUID]) -> None:
+        versions = {card_id: card.version for card_id, card in cards.items()}
+        versions.update(dict.fromkeys(from_zero, 0))
+        if not versions:
+            return
+        rows = self._fetch(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state"  # noqa: S608
+            f" FROM {self._table('events')} e JOIN unnest(%s::uuid[], %s::int[]) AS t(id, v)"
+            " ON e.originator_id = t.id AND e.originator_version > t.v"
+            " ORDER BY e.originator_id, e.originator_version",
+            (list(versions), list(versions.values())),
+        )
+        for row in rows:
+            card_id = row["originator_id"]
+            cards[card_id] = self._decode(row).mutate(cards.get(card_id))
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+            curs.execute(sql, params)
+            return list(curs.fetchall())
+
+    def _decode(self, row: Any) -> Any:
+        stored = StoredEvent(
+            originator_id=row["originator_id"],
+            originator_version=row["originator_version"],
+            topic=row["topic"],
+            state=bytes(row["state"]),
+        )
+        return self.ledger.mapper.to_domain_event(stored)
+
+    def _table(self, kind: str) -> str:
+        """The event store's `events` or `snapshots` table, as eventsourcing named it."""
         recorder: Any = self.ledger.recorder
-        return f"{recorder.datastore.schema}.{recorder.events_table_name}"
+        return f"{recorder.datastore.schema}.{self.ledger.name.lower()}_{kind}"
 
     def _commit_staged(
         self, cards: dict[uuid.UUID, Card], staged: list[tuple[Job, Outcome]]
@@ -446,15 +453,12 @@ class CardService:
         """Did a commit that reported an error in fact store this event? Atomicity makes one
         event enough to answer for its whole transaction."""
         stored = self.ledger.mapper.to_stored_event(probe)
-        recorder: Any = self.ledger.recorder
-        table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
-        with recorder.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                f"SELECT state FROM {table}"  # noqa: S608 - table name from the recorder.
-                " WHERE originator_id = %s AND originator_version = %s",
-                (stored.originator_id, stored.originator_version),
-            )
-            row = curs.fetchone()
+        rows = self._fetch(
+            f"SELECT state FROM {self._table('events')}"  # noqa: S608 - the store's own table.
+            " WHERE originator_id = %s AND originator_version = %s",
+            (stored.originator_id, stored.originator_version),
+        )
+        row = rows[0] if rows else None
         return row is not None and bytes(row["state"]) == stored.state
 
     # Asynchronous facade for the HTTP handlers.

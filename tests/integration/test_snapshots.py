@@ -45,3 +45,15 @@ def test_a_long_history_is_snapshotted_and_a_cold_read_equals_the_live_card(worl
         cold.close()
     finally:
         cold_ledger.close()
+
+    batch_ledger = CardLedger(env=env)  # Another new process, whose writer reads the card.
+    batch = CardService(batch_ledger, 900)
+    try:
+        unblocked = batch.submit(NUMBER, lambda c: c.unblock(origin("admin"))).result(timeout=10)
+        assert unblocked.status == "active"
+        assert unblocked.version == live.version + 1
+        assert unblocked.balance_minor == live.balance_minor
+        assert unblocked.holds == live.holds
+    finally:
+        batch.close()
+        batch_ledger.close()
