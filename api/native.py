@@ -167,8 +167,17 @@ async def issue_card(
 
 
 @get("/cards/{number:str}", guards=[requires("cards:read")])
-async def get_card(number: str, reader: CardReader) -> Card:
-    """The card with its balance, reserved and available amounts, and holds."""
+async def get_card(
+    number: str, reader: CardReader, service: CardService, as_of: datetime | None = None
+) -> Card:
+    """The card with its balance, reserved and available amounts, and holds.
+
+    With `as_of` (ISO 8601 with a time zone), the card as it was then, computed from its events.
+    """
+    if as_of is not None:
+        if as_of.tzinfo is None:
+            raise ApiError("validation_failed", 422, "as_of needs a time zone, e.g. Z")
+        return native_card(await service.card_as_of(number, as_of))
     view = await reader.get(number)
     if view is None:
         raise CardNotFound(f"card {number} does not exist")

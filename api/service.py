@@ -529,6 +529,28 @@ class CardService:
         origin = Origin(occurred_at=now, actor="system:hold-expiry")
         return await self.execute(number, lambda c: c.release_expired_holds(origin))
 
+    async def expire(self, number: str, now: datetime) -> Outcome:
+        origin = Origin(occurred_at=now, actor="system:card-expiry")
+        return await self.execute(number, lambda c: c.expire(origin))
+
+    async def card_as_of(self, number: str, as_of: datetime) -> CardView:
+        return await self._run(partial(self.card_as_of_now, number, as_of))
+
+    def card_as_of_now(self, number: str, as_of: datetime) -> CardView:
+        """The card as its events had made it at `as_of`, from the events alone.
+
+        Events are folded in their recorded order up to the first that occurred after `as_of`.
+        """
+        check_card_number(number)
+        card: Card | None = None
+        for domain_event in self.ledger.events.get(card_id_for(number)):
+            if domain_event.occurred_at > as_of:  # type: ignore[attr-defined]
+                break
+            card = domain_event.mutate(card)  # type: ignore[attr-defined]
+        if card is None:
+            raise CardNotFound(f"card {number} did not exist at {as_of.isoformat()}")
+        return view_of(card)
+
     async def events(self, number: str, after_version: int, limit: int) -> list[Any]:
         return await self._run(partial(self.events_now, number, after_version, limit))
 

@@ -1,4 +1,5 @@
-"""Records the release of expired holds by itself, so reserved balances fall without a request."""
+"""The service's own scheduler: it releases expired holds and expires cards past their date,
+recording the events itself, so no request is needed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ logger = logging.getLogger("giftledger.sweeper")
 
 # Cards handled per sweep; the rest wait for the next one, a second later.
 HOLD_SWEEP_BATCH_MAX = 200
+# Cards expired per sweep; a backlog after downtime drains over the following seconds.
+EXPIRY_SWEEP_BATCH_MAX = 200
 # Idempotency keys past their retention are deleted this often.
 IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 3600
 
@@ -34,11 +37,24 @@ async def sweep_expired_holds(reader: CardReader, service: CardService) -> int:
     return len(numbers)
 
 
+async def sweep_expired_cards(reader: CardReader, service: CardService) -> int:
+    """Close every card past its expiry date: its holds are released, its rest is breakage."""
+    now = utc_now()
+    numbers = await reader.numbers_past_expiry(now.date(), EXPIRY_SWEEP_BATCH_MAX)
+    for number in numbers:
+        try:
+            await service.expire(number, now)
+        except (LedgerError, WriteContention) as exc:
+            logger.info("expiry sweep skipped card %s: %s", number, exc)
+    return len(numbers)
+
+
 async def run_hold_sweeper(reader: CardReader, service: CardService, interval_s: float) -> None:
     last_purge = 0.0
     while True:
         try:
             await sweep_expired_holds(reader, service)
+            await sweep_expired_cards(reader, service)
             if time.monotonic() - last_purge > IDEMPOTENCY_PURGE_INTERVAL_SECONDS:
                 last_purge = time.monotonic()
                 await purge_expired_keys(reader.pool)

@@ -134,6 +134,16 @@ class CardReader:
             )
         return CardView(**dict(row), holds=tuple(HoldView(**dict(h)) for h in holds))
 
+    async def numbers_past_expiry(self, today: date, limit: int) -> list[str]:
+        """Cards whose last valid day is before `today` (UTC) and that are not yet expired."""
+        rows = await self._pool.fetch(
+            "SELECT number FROM card_views WHERE expires_on < $1 AND status <> 'expired'"
+            " ORDER BY expires_on LIMIT $2",
+            today,
+            limit,
+        )
+        return [r["number"] for r in rows]
+
     async def numbers_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
         rows = await self._pool.fetch(
             # card_views before card_holds: the one lock order every statement here keeps.
