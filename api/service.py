@@ -77,26 +77,18 @@ class DateAsISO(Transcoding):
         return date.fromisoformat(data)
 
 
-class CardTermsAsDict(Transcoding):
-    type = CardTerms
-    name = "card_terms"
+class DataclassAsDict(Transcoding):
+    """Stores a flat dataclass of the card's state (in snapshots) as a dict of its fields."""
 
-    def encode(self, obj: CardTerms) -> dict[str, Any]:
+    def __init__(self, cls: type[Any], name: str) -> None:
+        self.type = cls
+        self.name = name
+
+    def encode(self, obj: Any) -> dict[str, Any]:
         return dataclasses.asdict(obj)
 
-    def decode(self, data: dict[str, Any]) -> CardTerms:
-        return CardTerms(**data)
-
-
-class HoldAsDict(Transcoding):
-    type = Hold
-    name = "hold"
-
-    def encode(self, obj: Hold) -> dict[str, Any]:
-        return dataclasses.asdict(obj)
-
-    def decode(self, data: dict[str, Any]) -> Hold:
-        return Hold(**data)
+    def decode(self, data: dict[str, Any]) -> Any:
+        return self.type(**data)
 
 
 class CardLedger(Application[uuid.UUID]):
@@ -107,8 +99,8 @@ class CardLedger(Application[uuid.UUID]):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
-        transcoder.register(CardTermsAsDict())
-        transcoder.register(HoldAsDict())
+        transcoder.register(DataclassAsDict(CardTerms, "card_terms"))
+        transcoder.register(DataclassAsDict(Hold, "hold"))
 
 
 def ledger_env(postgres_env: dict[str, str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from api.context import utc_now
 from api.errors import WriteContention
@@ -28,24 +29,23 @@ async def sweep_expired_holds(reader: CardReader, service: CardService) -> int:
     """Release every hold that has expired by now, card by card; returns the cards touched."""
     now = utc_now()
     numbers = await reader.numbers_with_expired_holds(now, HOLD_SWEEP_BATCH_MAX)
-    for number in numbers:
-        try:
-            await service.release_expired_holds(number, now)
-        except (LedgerError, WriteContention) as exc:
-            # Another worker may be releasing the same hold; the next sweep sees the outcome.
-            logger.info("hold sweep skipped card %s: %s", number, exc)
-    return len(numbers)
+    return await _each(numbers, lambda number: service.release_expired_holds(number, now))
 
 
 async def sweep_expired_cards(reader: CardReader, service: CardService) -> int:
     """Close every card past its expiry date: its holds are released, its rest is breakage."""
     now = utc_now()
     numbers = await reader.numbers_past_expiry(now.date(), EXPIRY_SWEEP_BATCH_MAX)
+    return await _each(numbers, lambda number: service.expire(number, now))
+
+
+async def _each(numbers: list[str], action: Callable[[str], Awaitable[object]]) -> int:
     for number in numbers:
         try:
-            await service.expire(number, now)
+            await action(number)
         except (LedgerError, WriteContention) as exc:
-            logger.info("expiry sweep skipped card %s: %s", number, exc)
+            # Another worker may be sweeping the same card; the next sweep sees the outcome.
+            logger.info("sweep skipped card %s: %s", number, exc)
     return len(numbers)
 
 
