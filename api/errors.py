@@ -88,6 +88,15 @@ def _ledger_problem(exc: LedgerError) -> ProblemDetailsException:
     return _problem(ledger_status(exc), exc.code.value, exc.detail)
 
 
+def ledger_refusal(exc: LedgerError) -> tuple[int, dict[str, Any], str]:
+    """A refusal's status, problem body and media type, to be stored under an Idempotency-Key
+    exactly as the problem-details handler would have answered it."""
+    problem = _ledger_problem(exc)
+    body = {"status": problem.status_code, "type": problem.type_, "title": problem.title,
+            "detail": problem.detail, **(problem.extra or {})}  # fmt: skip
+    return problem.status_code, body, "application/problem+json"
+
+
 def _api_problem(exc: ApiError) -> ProblemDetailsException:
     return _problem(exc.status, exc.code, exc.detail)
 
@@ -153,6 +162,11 @@ class GiftStreamError(Exception):
         self.status = status
 
 
+def giftstream_refusal(exc: LedgerError) -> tuple[int, dict[str, Any], str]:
+    message = GIFTSTREAM_MESSAGES.get(exc.code, f"Data Invalid: {exc}")
+    return 400, giftstream_body(message), "application/json"
+
+
 def giftstream_body(message: str) -> dict[str, Any]:
     return {"message": message, "timestamp": int(time.time())}
 
@@ -165,7 +179,8 @@ def giftstream_exception_handler(_: Request[Any, Any, Any], exc: Exception) -> R
     if isinstance(exc, GiftStreamError):
         return _giftstream_response(exc.status, exc.message)
     if isinstance(exc, LedgerError):
-        return _giftstream_response(400, GIFTSTREAM_MESSAGES.get(exc.code, f"Data Invalid: {exc}"))
+        status, body, _ = giftstream_refusal(exc)
+        return Response(body, status_code=status)
     if isinstance(exc, ApiError):
         status = 403 if exc.status == 403 else 400
         return _giftstream_response(status, GIFTSTREAM_MESSAGES.get(exc.code, exc.detail))

@@ -17,7 +17,7 @@ from litestar.di import Provide
 
 from api.auth import requires
 from api.context import DecimalNumberResponse, origin_for, utc_now
-from api.errors import GIFTSTREAM_EXCEPTION_HANDLERS, GiftStreamError
+from api.errors import GIFTSTREAM_EXCEPTION_HANDLERS, GiftStreamError, giftstream_refusal
 from api.idempotency import idempotent_write, present
 from api.service import CardService
 from api.settings import Settings
@@ -204,7 +204,7 @@ async def create_giftcard(
     terms = await _terms(parsed, settings, config, utc_now().date())
     number = parsed.identifier or generated_identifier()
     render = partial(giftstream_response, parsed)
-    idem = await idempotent_write(request, render)
+    idem = await idempotent_write(request, render, refuse=giftstream_refusal)
     ref = await config.next_card_ref()
     view = await service.sell(number, ref, terms, parsed.initial_balance_minor, origin, idem)
     return present(view, render)

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 import msgspec
 from litestar import Request, Response
 
-from api.errors import ApiError
+from api.errors import ApiError, ledger_refusal
+from ledger.errors import LedgerError
 from projections.cards import CardView
 
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -44,10 +45,16 @@ class IdempotentWrite:
     request_hash: str
     status_code: int
     render: Callable[[CardView], Any]
+    refuse: Callable[[LedgerError], tuple[int, Any, str]] = ledger_refusal
 
     def answer(self, view: CardView) -> StoredResponse:
         body = _ENCODER.encode(self.render(view))
         return StoredResponse(self.status_code, body, "application/json", replayed=False)
+
+    def refusal(self, exc: LedgerError) -> StoredResponse:
+        """A refusal is an answer too: a retry with the same key gets the same refusal."""
+        status, body, media_type = self.refuse(exc)
+        return StoredResponse(status, _ENCODER.encode(body), media_type, replayed=False)
 
     def rows(self, answer: StoredResponse) -> list[tuple[Any, ...]]:
         return [
@@ -69,6 +76,7 @@ async def idempotent_write(
     *,
     status_code: int = 200,
     extra_keys: tuple[tuple[str, str], ...] = (),
+    refuse: Callable[[LedgerError], tuple[int, Any, str]] = ledger_refusal,
 ) -> IdempotentWrite | None:
     """The request's Idempotency-Key (scoped to its client) plus any keys the API implies."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -87,4 +95,4 @@ async def idempotent_write(
     for part in (request.method.encode(), request.url.path.encode(), await request.body()):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
-    return IdempotentWrite(keys, digest.hexdigest(), status_code, render)
+    return IdempotentWrite(keys, digest.hexdigest(), status_code, render, refuse)

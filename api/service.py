@@ -230,7 +230,13 @@ class CardService:
                 job.future.set_result(replay)
                 return
             card = self._card_for(job, known, cards)
-        except (LedgerError, IdempotencyKeyReused) as exc:
+        except LedgerError as exc:
+            if job.idem is None:
+                job.future.set_exception(exc)
+            else:  # Stored with the batch, so a retry gets this same refusal.
+                staged.append((job, job.idem.refusal(exc)))
+            return
+        except IdempotencyKeyReused as exc:
             job.future.set_exception(exc)
             return
         cards[job.card_id] = card
@@ -372,8 +378,13 @@ class CardService:
             replay = _replay(idem, self._stored_answers(idem.keys if idem else ()))
             if replay is not None:
                 return replay
-            card = self._load(number)
-            command(card)
+            try:
+                card = self._load(number)
+                command(card)
+            except LedgerError as exc:
+                if idem is None:
+                    raise
+                return self._store_refusal(idem, exc)
             view = view_of(card)
             answer: Outcome = idem.answer(view) if idem else view
             if not card.pending_events and idem is None:
@@ -404,6 +415,16 @@ class CardService:
     def _create_now(
         self, number: str, create: Callable[[], Card], idem: IdempotentWrite | None
     ) -> Outcome:
+        try:
+            return self._create_once(number, create, idem)
+        except LedgerError as exc:
+            if idem is None:
+                raise
+            return self._store_refusal(idem, exc)
+
+    def _create_once(
+        self, number: str, create: Callable[[], Card], idem: IdempotentWrite | None
+    ) -> Outcome:
         replay = _replay(idem, self._stored_answers(idem.keys if idem else ()))
         if replay is not None:
             return replay
@@ -426,6 +447,18 @@ class CardService:
             if replay is not None:
                 return replay
             raise CardAlreadyExists(f"card {number} already exists") from None
+        return answer
+
+    def _store_refusal(self, idem: IdempotentWrite, exc: LedgerError) -> StoredResponse:
+        answer = idem.refusal(exc)
+        try:
+            self.ledger.save(idempotency_rows=idem.rows(answer))
+        except IntegrityError:
+            # A racing retry stored its answer first; that first answer is the answer.
+            replay = _replay(idem, self._stored_answers(idem.keys))
+            if replay is None:
+                raise
+            return replay
         return answer
 
     def card_now(self, number: str) -> CardView:

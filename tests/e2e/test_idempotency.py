@@ -145,3 +145,29 @@ async def test_any_retry_schedule_pays_each_key_exactly_once(http, world, schedu
     assert types == ["Sold"] + ["Redeemed"] * len(answers)
     card = await http.get(f"{RESICO}/cards/{number}", headers=world.pos.headers)
     assert card.json()["currentBalance"] == 100 - sum(k + 1 for k in answers)
+
+
+async def test_a_refusal_is_the_answer_a_retry_with_its_key_gets(http, world):
+    number = new_number()
+    await sell(http, world.pos, number, "5.00")
+    refused = await use(http, world.pos, number, "6.00", "pay-refused")
+    await use(http, world.pos, number, "4.00", None)  # Nothing would fund it now either way.
+    again = await use(http, world.pos, number, "6.00", "pay-refused")
+
+    assert refused.status_code == again.status_code == 422
+    assert refused.json()["code"] == "insufficient_funds"
+    assert again.content == refused.content
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed"]
+
+
+async def test_a_refused_giftstream_create_replays_its_seed_shaped_answer(http, world):
+    headers = dict(world.pos.headers) | {"Idempotency-Key": "gs-dup"}
+    await sell(http, world.pos, "5999999999999999")
+    body = {"cardType": "2", "currencyCode": "978", "identifier": "5999999999999999"}
+    first = await http.post("/giftcard", json=body, headers=headers)
+    again = await http.post("/giftcard", json=body, headers=headers)
+    assert first.status_code == again.status_code == 400
+    assert first.json()["message"] == "Data Invalid: Card identifier already exists"
+    assert again.content == first.content
