@@ -240,8 +240,7 @@ class CardService:
             job.future.set_exception(exc)
             return
         cards[job.card_id] = card
-        view = view_of(card)
-        staged.append((job, job.idem.answer(view) if job.idem else view))
+        staged.append((job, _answer(card, job.idem)))
 
     def _card_for(
         self, job: Job, known: dict[uuid.UUID, Card], cards: dict[uuid.UUID, Card]
@@ -385,19 +384,12 @@ class CardService:
                 if idem is None:
                     raise
                 return self._store_refusal(idem, exc)
-            view = view_of(card)
-            answer: Outcome = idem.answer(view) if idem else view
+            answer = _answer(card, idem)
             if not card.pending_events and idem is None:
-                return view
+                return answer
             probe = next(iter(card.pending_events), None)
             try:
-                self.ledger.save(
-                    card,
-                    card_views=[view],
-                    idempotency_rows=idem.rows(answer)
-                    if idem and isinstance(answer, StoredResponse)
-                    else (),
-                )
+                self._save_alone(card, answer, idem)
             except IntegrityError:
                 if probe is not None and self._landed(probe):
                     return answer
@@ -429,17 +421,10 @@ class CardService:
         if replay is not None:
             return replay
         card = create()
-        view = view_of(card)
-        answer: Outcome = idem.answer(view) if idem else view
+        answer = _answer(card, idem)
         probe = card.pending_events[0]
         try:
-            self.ledger.save(
-                card,
-                card_views=[view],
-                idempotency_rows=idem.rows(answer)
-                if idem and isinstance(answer, StoredResponse)
-                else (),
-            )
+            self._save_alone(card, answer, idem)
         except IntegrityError:
             if self._landed(probe):
                 return answer
@@ -448,6 +433,11 @@ class CardService:
                 return replay
             raise CardAlreadyExists(f"card {number} already exists") from None
         return answer
+
+    def _save_alone(self, card: Card, answer: Outcome, idem: IdempotentWrite | None) -> None:
+        """One card, its projection row and its stored answer, in one transaction."""
+        rows = idem.rows(answer) if idem and isinstance(answer, StoredResponse) else ()
+        self.ledger.save(card, card_views=[view_of(card)], idempotency_rows=rows)
 
     def _store_refusal(self, idem: IdempotentWrite, exc: LedgerError) -> StoredResponse:
         answer = idem.refusal(exc)
@@ -587,6 +577,12 @@ class CardService:
         if not events and after_version == 0:
             raise CardNotFound(f"card {number} does not exist")
         return events
+
+
+def _answer(card: Card, idem: IdempotentWrite | None) -> Outcome:
+    """What the request is answered with: the card's view, rendered and kept when keyed."""
+    view = view_of(card)
+    return idem.answer(view) if idem else view
 
 
 def _no_command(_: Card) -> None:
