@@ -23,7 +23,7 @@ from api.native import native_router
 from api.resico import resico_router
 from api.service import CardLedger, CardService, ledger_env
 from api.settings import Settings
-from api.sweeper import run_hold_sweeper
+from api.sweeper import run_sweeper
 from projections.cards import CardReader
 from projections.config import ConfigStore
 from projections.database import eventsourcing_env
@@ -78,7 +78,7 @@ def create_app(settings: Settings) -> Litestar:
             clients=ClientCache(config), jwt_secret=jwt_secret,
         )  # fmt: skip
         sweeper = asyncio.create_task(
-            run_hold_sweeper(reader, service, settings.hold_sweep_interval_seconds)
+            run_sweeper(reader, service, settings.hold_sweep_interval_seconds)
         )
         try:
             yield

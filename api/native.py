@@ -18,7 +18,6 @@ from api.giftstream import generated_identifier
 from api.idempotency import idempotent_write, present
 from api.service import CardService, new_hold_id
 from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months
-from ledger.errors import CardNotFound
 from ledger.money import AMOUNT_MINOR_MAX
 from projections.cards import CardReader, CardView
 from projections.config import Client, ConfigStore
@@ -178,10 +177,7 @@ async def get_card(
         if as_of.tzinfo is None:
             raise ApiError("validation_failed", 422, "as_of needs a time zone, e.g. Z")
         return native_card(await service.card_as_of(number, as_of))
-    view = await reader.get(number)
-    if view is None:
-        raise CardNotFound(f"card {number} does not exist")
-    return native_card(view)
+    return native_card(await reader.require(number))
 
 
 @post("/cards/{number:str}/redeem", status_code=200, guards=[requires("cards:redeem")])

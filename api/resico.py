@@ -17,7 +17,6 @@ from api.errors import ApiError
 from api.idempotency import idempotent_write, present
 from api.service import CardService, new_hold_id
 from ledger.card import CardTerms, Origin, add_months
-from ledger.errors import CardNotFound
 from ledger.money import currency, to_major, to_minor
 from projections.cards import CardReader, CardView
 from projections.config import Client, ConfigStore
@@ -76,13 +75,6 @@ def resico_card(view: CardView) -> ResicoCard:
     )
 
 
-async def _existing(reader: CardReader, number: str) -> CardView:
-    view = await reader.get(number)
-    if view is None:
-        raise CardNotFound(f"card {number} does not exist")
-    return view
-
-
 def _amount_minor(amount: Decimal, view_currency: str) -> int:
     return to_minor(amount, currency(view_currency).minor_digits)
 
@@ -90,7 +82,7 @@ def _amount_minor(amount: Decimal, view_currency: str) -> int:
 @get("/cards/{card_id:str}", guards=[requires("cards:read")])
 async def get_card(card_id: str, reader: CardReader) -> ResicoCard:
     """Get card info."""
-    return resico_card(await _existing(reader, card_id))
+    return resico_card(await reader.require(card_id))
 
 
 @post("/cards/{card_id:str}", status_code=200, guards=[requires("cards:sell")])

@@ -49,7 +49,7 @@ async def _each(numbers: list[str], action: Callable[[str], Awaitable[object]]) 
     return len(numbers)
 
 
-async def run_hold_sweeper(reader: CardReader, service: CardService, interval_s: float) -> None:
+async def run_sweeper(reader: CardReader, service: CardService, interval_s: float) -> None:
     last_purge = 0.0
     while True:
         try:

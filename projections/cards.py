@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from ledger.card import Card, CardStatus
+from ledger.errors import CardNotFound
 
 
 class HoldView(msgspec.Struct, frozen=True):
@@ -133,6 +134,13 @@ class CardReader:
                 row["card_id"],
             )
         return CardView(**dict(row), holds=tuple(HoldView(**dict(h)) for h in holds))
+
+    async def require(self, number: str) -> CardView:
+        """The card's view, or the refusal every API answers for an unknown card."""
+        view = await self.get(number)
+        if view is None:
+            raise CardNotFound(f"card {number} does not exist")
+        return view
 
     async def numbers_past_expiry(self, today: date, limit: int) -> list[str]:
         """Cards whose last valid day is before `today` (UTC) and that are not yet expired."""

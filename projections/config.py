@@ -17,7 +17,6 @@ SCRYPT_P = 1
 SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve", "admin")
 DEFAULT_CLIENT_SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve")
 DEFAULT_ALLOWED_CHARS = "0123456789"
-CARD_NUMBER_LENGTH_MAX = 256
 SITE_ID_MAX = 2**31 - 1  # The site_id column is a PostgreSQL integer.
 
 
