@@ -14,7 +14,12 @@ import asyncpg
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
-SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve", "admin")
+# audit:read covers history, time travel and verification; finance:export covers exports,
+# reports and reconciliation. A POS client holds neither.
+SCOPES = (
+    "cards:read", "cards:sell", "cards:redeem", "cards:reserve",
+    "audit:read", "finance:export", "admin",
+)  # fmt: skip
 DEFAULT_CLIENT_SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve")
 DEFAULT_ALLOWED_CHARS = "0123456789"
 SITE_ID_MAX = 2**31 - 1  # The site_id column is a PostgreSQL integer.
