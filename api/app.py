@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> Litestar:
         ledger = await anyio.to_thread.run_sync(
             lambda: CardLedger(env=ledger_env(eventsourcing_env(url)))
         )
+        await anyio.to_thread.run_sync(ledger.adopt_unchained_log)
         service = CardService(
             ledger,
             settings.hold_ttl_seconds,

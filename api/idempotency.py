@@ -21,6 +21,9 @@ from projections.cards import CardView
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
+# A key's scope: the client that sent the Idempotency-Key, or the location of a Resico sale.
+CLIENT_SCOPE_PREFIX = "client:"
+SALE_SCOPE_PREFIX = "resico-sale:"
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
@@ -56,6 +59,12 @@ class IdempotentWrite:
         status, body, media_type = self.refuse(exc)
         return StoredResponse(status, _ENCODER.encode(body), media_type, replayed=False)
 
+    def labels(self) -> tuple[str | None, str | None]:
+        """The Idempotency-Key and the POS transaction number, as the ledger log records them."""
+        header = next((k for s, k in self.keys if s.startswith(CLIENT_SCOPE_PREFIX)), None)
+        transaction = next((k for s, k in self.keys if s.startswith(SALE_SCOPE_PREFIX)), None)
+        return header, transaction
+
     def rows(self, answer: StoredResponse) -> list[tuple[Any, ...]]:
         return [
             (scope, key, self.request_hash, answer.status_code, answer.body, answer.media_type)
@@ -88,7 +97,7 @@ async def idempotent_write(
                 422,
                 f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} printable characters",
             )
-        keys = ((f"client:{request.user.client_id}", key), *extra_keys)
+        keys = ((f"{CLIENT_SCOPE_PREFIX}{request.user.client_id}", key), *extra_keys)
     if not keys:
         return None
     digest = hashlib.sha256()

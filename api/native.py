@@ -19,10 +19,11 @@ from api.idempotency import idempotent_write, present
 from api.service import CardService, new_hold_id
 from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months
 from ledger.money import AMOUNT_MINOR_MAX
+from projections.audit import AuditReport
 from projections.cards import CardReader, CardView
 from projections.config import Client, ConfigStore
+from projections.history import HISTORY_PAGE_SIZE_MAX, HistoryEntry
 
-EVENTS_PAGE_SIZE_MAX = 500
 EVENTS_PAGE_SIZE_DEFAULT = 100
 REASON_LENGTH_MAX = 200
 
@@ -92,13 +93,51 @@ class HoldResponse(msgspec.Struct):
 
 
 class Event(msgspec.Struct):
+    """One event of a card's history, with where it sits in the log and what it left behind."""
+
     version: int
+    position: int | None
     type: str
     occurred_at: datetime | None
     actor: str | None
     location_code: str | None
     amount_minor: int | None
+    balance_minor: int
+    reserved_minor: int
+    available_minor: int
+    idempotency_key: str | None
+    reference: str | None
+    card_hash: str | None
     data: dict[str, Any]
+
+
+class MismatchItem(msgspec.Struct):
+    kind: str
+    position: int | None
+    card_id: str | None
+    detail: str
+
+
+class AuditResult(msgspec.Struct):
+    ok: bool
+    events: int
+    cards: int
+    head_position: int | None
+    head_hash: str | None
+    mismatches_total: int
+    mismatches: list[MismatchItem]
+
+
+def audit_result(report: AuditReport) -> AuditResult:
+    return AuditResult(
+        ok=report.ok, events=report.events, cards=report.cards,
+        head_position=report.head_position, head_hash=report.head_hash,
+        mismatches_total=report.mismatches_total,
+        mismatches=[
+            MismatchItem(m.kind, m.position, str(m.card_id) if m.card_id else None, m.detail)
+            for m in report.mismatches
+        ],
+    )  # fmt: skip
 
 
 class EventsPage(msgspec.Struct):
@@ -122,15 +161,22 @@ _EVENT_META = {"originator_id", "originator_version", "timestamp", "occurred_at"
                "location_code", "amount_minor", "originator_topic"}  # fmt: skip
 
 
-def native_event(domain_event: Any) -> Event:
-    attrs = dict(domain_event.__dict__)
+def native_event(entry: HistoryEntry) -> Event:
+    attrs = dict(entry.event.__dict__)
     return Event(
-        version=domain_event.originator_version,
-        type=type(domain_event).__name__,
+        version=entry.event.originator_version,
+        position=entry.position,
+        type=entry.type,
         occurred_at=attrs.get("occurred_at"),
         actor=attrs.get("actor"),
         location_code=attrs.get("location_code"),
-        amount_minor=attrs.get("amount_minor"),
+        amount_minor=entry.amount_minor,
+        balance_minor=entry.balance_minor,
+        reserved_minor=entry.reserved_minor,
+        available_minor=entry.available_minor,
+        idempotency_key=entry.idempotency_key,
+        reference=entry.reference,
+        card_hash=entry.card_hash,
         data={k: v for k, v in attrs.items() if k not in _EVENT_META},
     )
 
@@ -271,17 +317,30 @@ async def unblock(
     return present(await service.unblock(number, origin, idem), native_card)
 
 
-@get("/cards/{number:str}/events", guards=[requires("cards:read")])
+@get("/cards/{number:str}/events", guards=[requires("audit:read")])
 async def card_events(
     number: str,
     service: CardService,
     after_version: Annotated[int, Parameter(ge=0)] = 0,
-    limit: Annotated[int, Parameter(gt=0, le=EVENTS_PAGE_SIZE_MAX)] = EVENTS_PAGE_SIZE_DEFAULT,
+    limit: Annotated[int, Parameter(gt=0, le=HISTORY_PAGE_SIZE_MAX)] = EVENTS_PAGE_SIZE_DEFAULT,
 ) -> EventsPage:
-    """The card's events in order, a page at a time (pass next_after_version to continue)."""
-    events = [native_event(e) for e in await service.events(number, after_version, limit)]
+    """The card's history in order, a page at a time: pass `next_after_version` back as
+    `after_version` to continue. Each event carries its log position, the balances after it,
+    the Idempotency-Key and POS reference of the request behind it, and its chained hash."""
+    history = await service.history(number, after_version, limit)
+    events = [native_event(entry) for entry in history]
     next_after = events[-1].version if len(events) == limit else None
     return EventsPage(events=events, next_after_version=next_after)
+
+
+@get("/audit/verify", guards=[requires("audit:read")])
+async def audit_verify(service: CardService) -> AuditResult:
+    """Recompute every hash of the log and every card, and compare with what is stored.
+
+    This reads the whole log; it answers 200 with `ok: false` and the first mismatches when
+    anything was altered, removed or inserted behind the service's back.
+    """
+    return audit_result(await service.verify())
 
 
 async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
@@ -316,6 +375,7 @@ def native_router(dependencies: dict[str, Provide]) -> Router:
             block,
             unblock,
             card_events,
+            audit_verify,
         ],
         dependencies=dependencies,
         tags=["native"],

@@ -14,7 +14,7 @@ from litestar.exceptions import PermissionDeniedException
 from api.auth import requires
 from api.context import DecimalNumberResponse, origin_for, utc_now
 from api.errors import ApiError
-from api.idempotency import idempotent_write, present
+from api.idempotency import SALE_SCOPE_PREFIX, idempotent_write, present
 from api.service import CardService, new_hold_id
 from ledger.card import CardTerms, Origin, add_months
 from ledger.money import currency, to_major, to_minor
@@ -106,7 +106,7 @@ async def sell_card(
         expires_on=add_months(origin.occurred_at.date(), card_type.validity_months),
     )
     # A sale is also deduplicated on (locationCode, transactionNo), as a POS retries it.
-    sale_key = (f"resico-sale:{data.location_code}", data.transaction_no)
+    sale_key = (f"{SALE_SCOPE_PREFIX}{data.location_code}", data.transaction_no)
     idem = await idempotent_write(request, resico_card, extra_keys=(sale_key,))
     ref = await config.next_card_ref()
     return present(await service.sell(card_id, ref, terms, amount_minor, origin, idem), resico_card)

@@ -34,11 +34,21 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEven
 
 from api.errors import IdempotencyKeyReused, WriteContention
 from api.idempotency import IdempotentWrite, StoredResponse
-from ledger.card import Card, CardTerms, Hold, Origin, card_id_for, check_card_number
+from ledger.card import (
+    Card,
+    CardTerms,
+    Hold,
+    Origin,
+    card_id_for,
+    check_card_number,
+)
 from ledger.errors import CardAlreadyExists, CardNotFound, LedgerError
 from ledger.money import currency, to_minor
+from projections.audit import AuditReport, verify_ledger
 from projections.cards import CardView, view_of
+from projections.history import HistoryEntry, card_history
 from projections.idempotency import select_stored
+from projections.log import adopt_unchained_log
 
 logger = logging.getLogger("giftledger.service")
 
@@ -101,6 +111,15 @@ class CardLedger(Application[uuid.UUID]):
         transcoder.register(DateAsISO())
         transcoder.register(DataclassAsDict(CardTerms, "card_terms"))
         transcoder.register(DataclassAsDict(Hold, "hold"))
+
+    def events_table(self) -> str:
+        recorder: Any = self.recorder
+        return f"{recorder.datastore.schema}.{recorder.events_table_name}"
+
+    def adopt_unchained_log(self) -> int:
+        """Chain events stored before the ledger log existed (a no-op once it has rows)."""
+        with self.recorder.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]
+            return adopt_unchained_log(curs, self.events_table())
 
 
 def ledger_env(postgres_env: dict[str, str]) -> dict[str, str]:
@@ -203,6 +222,7 @@ class CardService:
         known = self._fresh_cards({job.card_id for job in jobs})
         cards: dict[uuid.UUID, Card] = {}
         staged: list[tuple[Job, Outcome]] = []
+        event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]] = {}
         alone: list[Job] = []
         keys_in_batch: set[tuple[str, str]] = set()
         for job in jobs:
@@ -211,8 +231,8 @@ class CardService:
                     alone.append(job)  # A retry racing its original: answer it after the commit.
                     continue
                 keys_in_batch.update(job.idem.keys)
-            self._stage(job, known, cards, stored, staged)
-        self._commit_staged(cards, staged)
+            self._stage(job, known, cards, stored, staged, event_keys)
+        self._commit_staged(cards, staged, event_keys)
         for job in alone:
             self._resolve_alone(job)
 
@@ -223,7 +243,10 @@ class CardService:
         cards: dict[uuid.UUID, Card],
         stored: dict[tuple[str, str], dict[str, Any]],
         staged: list[tuple[Job, Outcome]],
+        event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]],
     ) -> None:
+        earlier = cards.get(job.card_id)
+        already_pending = len(earlier.pending_events) if earlier is not None else 0
         try:
             replay = _replay(job.idem, stored)
             if replay is not None:
@@ -240,6 +263,8 @@ class CardService:
             job.future.set_exception(exc)
             return
         cards[job.card_id] = card
+        if job.idem is not None:
+            event_keys.update(_keys_of(card.pending_events[already_pending:], job.idem))
         staged.append((job, _answer(card, job.idem)))
 
     def _card_for(
@@ -321,7 +346,10 @@ class CardService:
         return f"{recorder.datastore.schema}.{self.ledger.name.lower()}_{kind}"
 
     def _commit_staged(
-        self, cards: dict[uuid.UUID, Card], staged: list[tuple[Job, Outcome]]
+        self,
+        cards: dict[uuid.UUID, Card],
+        staged: list[tuple[Job, Outcome]],
+        event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]],
     ) -> None:
         if not staged:
             return
@@ -337,6 +365,7 @@ class CardService:
                 *cards.values(),
                 card_views=[view_of(c) for c in cards.values()],
                 idempotency_rows=rows,
+                event_keys=event_keys,
             )
         except IntegrityError:
             if probe is None or not self._landed(probe):
@@ -437,7 +466,8 @@ class CardService:
     def _save_alone(self, card: Card, answer: Outcome, idem: IdempotentWrite | None) -> None:
         """One card, its projection row and its stored answer, in one transaction."""
         rows = idem.rows(answer) if idem and isinstance(answer, StoredResponse) else ()
-        self.ledger.save(card, card_views=[view_of(card)], idempotency_rows=rows)
+        keys = _keys_of(card.pending_events, idem) if idem else {}
+        self.ledger.save(card, card_views=[view_of(card)], idempotency_rows=rows, event_keys=keys)
 
     def _store_refusal(self, idem: IdempotentWrite, exc: LedgerError) -> StoredResponse:
         answer = idem.refusal(exc)
@@ -566,23 +596,28 @@ class CardService:
             raise CardNotFound(f"card {number} did not exist at {as_of.isoformat()}")
         return view_of(card)
 
-    async def events(self, number: str, after_version: int, limit: int) -> list[Any]:
-        return await self._run(partial(self.events_now, number, after_version, limit))
-
-    def events_now(self, number: str, after_version: int, limit: int) -> list[Any]:
-        check_card_number(number)
-        events = list(
-            self.ledger.events.get(card_id_for(number), gt=after_version or None, limit=limit)
+    async def history(
+        self, number: str, after_version: int, limit: int, as_of: datetime | None = None
+    ) -> list[HistoryEntry]:
+        return await self._run(
+            partial(card_history, self.ledger, number, after_version, limit, as_of)
         )
-        if not events and after_version == 0:
-            raise CardNotFound(f"card {number} does not exist")
-        return events
+
+    async def verify(self) -> AuditReport:
+        return await self._run(partial(verify_ledger, self.ledger, self.ledger.events_table()))
 
 
 def _answer(card: Card, idem: IdempotentWrite | None) -> Outcome:
     """What the request is answered with: the card's view, rendered and kept when keyed."""
     view = view_of(card)
     return idem.answer(view) if idem else view
+
+
+def _keys_of(
+    events: Any, idem: IdempotentWrite
+) -> dict[tuple[uuid.UUID, int], tuple[str | None, str | None]]:
+    labels = idem.labels()
+    return {(e.originator_id, e.originator_version): labels for e in events}
 
 
 def _no_command(_: Card) -> None:

@@ -74,11 +74,13 @@ def view_of(card: Card) -> CardView:
     )
 
 
-_CARD_COLUMNS = (
-    "card_id, number, ref, card_type, currency, original_minor, balance_minor, reserved_minor,"
-    " status, fixed_amount, redeem_allowed, reservations_allowed, location_code, locked_site_id,"
-    " expires_on, presentation, version"
-)
+# The columns of card_views, in the order of card_row().
+CARD_COLUMN_NAMES = (
+    "card_id", "number", "ref", "card_type", "currency", "original_minor", "balance_minor",
+    "reserved_minor", "status", "fixed_amount", "redeem_allowed", "reservations_allowed",
+    "location_code", "locked_site_id", "expires_on", "presentation", "version",
+)  # fmt: skip
+_CARD_COLUMNS = ", ".join(CARD_COLUMN_NAMES)
 UPSERT_CARD_SQL = (
     f"INSERT INTO card_views ({_CARD_COLUMNS}) VALUES"  # noqa: S608 - constant column list.
     " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"

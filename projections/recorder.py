@@ -3,7 +3,8 @@
 Writing the read model inside the transaction that appends the events (the pattern of
 eventsourcing's searchablecontent example) makes the projection exactly-once by construction:
 either the events and their projected rows commit together, or neither does. A client that got a
-2xx on a write therefore sees its effect on its next read, from any worker.
+2xx on a write therefore sees its effect on its next read, from any worker. The ledger log's
+hash chain (projections/log.py) is written in that same transaction, after the events.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from projections.cards import (
     hold_rows,
 )
 from projections.idempotency import write_idempotency_rows
+from projections.log import EventKeys, write_log
 
 
 class CardLedgerRecorder(PostgresApplicationRecorder):
@@ -40,6 +42,21 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         super()._insert_events(curs, stored_events, **kwargs)
         write_card_views(curs, card_views)
         write_idempotency_rows(curs, idempotency_rows)
+
+    def _fetch_ids_after_insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        event_keys: EventKeys | None = None,
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        # Runs after the insert, with the event table still locked: the positions are known
+        # and no other writer can chain in between.
+        positions = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        assert positions is not None
+        write_log(curs, stored_events, positions, event_keys or {})
+        return positions
 
 
 def write_card_views(curs: Cursor[DictRow], views: Sequence[CardView]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from projections.log import LOG_TABLE_SQL
+
 # Migrations only ever append; each runs once, in order, under an advisory lock, so several
 # workers or instances starting together migrate exactly once.
 MIGRATIONS: tuple[str, ...] = (
@@ -82,6 +84,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
     """,
+    LOG_TABLE_SQL,
 )
 
 _MIGRATION_LOCK_KEY = 0x6769667400  # "gift" in hex, a fixed key for pg_advisory_xact_lock.

@@ -96,7 +96,7 @@ async def pool(database_url: str, http: AsyncTestClient[Litestar]) -> AsyncItera
 # In the lock order the app keeps (card rows, then the event table), so a sweep or write still
 # in flight cannot deadlock with the truncation.
 TABLES = (
-    "card_views, card_holds, giftledger_events, giftledger_snapshots, idempotency_keys,"
+    "card_views, card_holds, giftledger_events, giftledger_snapshots, idempotency_keys, ledger_log,"
     " locations, card_types, clients"
 )
 
@@ -120,6 +120,9 @@ class World:
     config: ConfigStore
     pos: ApiClient
     other: ApiClient
+    # Read-only roles: an auditor reads history and verifies; finance exports and reports.
+    auditor: ApiClient
+    finance: ApiClient
 
     async def client(self, name: str, scopes: tuple[str, ...] = SCOPES,
                      locations: tuple[str, ...] = ()) -> ApiClient:  # fmt: skip
@@ -139,7 +142,8 @@ PREFIXED = CardType("gold", "77", 16, "0123456789", True, True, True, 12, "GBP")
 
 @pytest.fixture
 async def world(pool: asyncpg.Pool, app: Litestar) -> World:
-    """Empty ledger; locations SHOP1 (site 1) and SHOP2 (site 2); three card types; two clients."""
+    """Empty ledger; locations SHOP1 (site 1) and SHOP2 (site 2); three card types; POS clients
+    pos and other, and the read-only auditor and finance."""
     await pool.execute(f"TRUNCATE {TABLES}")
     app.state.service.forget_cached_cards()
     config = ConfigStore(pool)
@@ -148,5 +152,11 @@ async def world(pool: asyncpg.Pool, app: Litestar) -> World:
     for card_type in (FIXED16, DYNAMIC19, PREFIXED):
         await config.add_card_type(card_type)
     scopes = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve")
-    empty = World(config, None, None)  # type: ignore[arg-type]
-    return World(config, await empty.client("pos", scopes), await empty.client("other", scopes))
+    empty = World(config, None, None, None, None)  # type: ignore[arg-type]
+    return World(
+        config,
+        await empty.client("pos", scopes),
+        await empty.client("other", scopes),
+        await empty.client("auditor", ("cards:read", "audit:read")),
+        await empty.client("finance", ("cards:read", "finance:export")),
+    )

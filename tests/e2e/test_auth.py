@@ -162,8 +162,8 @@ async def test_revoked_clients_existing_token_is_refused_promptly(http, world):
 
 async def test_secrets_are_stored_as_scrypt_hashes(http, world, pool):
     rows = await pool.fetch("SELECT client_id, secret_hash FROM clients")
-    secrets = {world.pos.client_id: world.pos.client_secret,
-               world.other.client_id: world.other.client_secret}  # fmt: skip
+    clients = (world.pos, world.other, world.auditor, world.finance)
+    secrets = {c.client_id: c.client_secret for c in clients}
     assert {r["client_id"] for r in rows} == set(secrets)
     for row in rows:
         stored = row["secret_hash"]

@@ -47,7 +47,7 @@ async def test_fifty_concurrent_retries_with_one_key_pay_once_with_identical_ans
     assert {a.status_code for a in answers} == {200}
     assert len({a.content for a in answers}) == 1
     assert answers[0].json()["currentBalance"] == 19.0
-    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed"]
+    assert await event_types(http, world.auditor, number) == ["Sold", "Redeemed"]
 
 
 async def test_a_sequential_retry_replays_the_first_answer_and_says_so(http, world):
@@ -61,7 +61,7 @@ async def test_a_sequential_retry_replays_the_first_answer_and_says_so(http, wor
     assert again.content == first.content
     assert again.headers["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in first.headers
-    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed", "Redeemed"]
+    assert await event_types(http, world.auditor, number) == ["Sold", "Redeemed", "Redeemed"]
 
 
 async def test_a_key_reused_with_another_body_is_refused_and_changes_nothing(http, world):
@@ -72,7 +72,7 @@ async def test_a_key_reused_with_another_body_is_refused_and_changes_nothing(htt
 
     assert reused.status_code == 422
     assert reused.json()["code"] == "idempotency_key_reused"
-    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed"]
+    assert await event_types(http, world.auditor, number) == ["Sold", "Redeemed"]
 
 
 async def test_keys_belong_to_their_client(http, world):
@@ -83,7 +83,7 @@ async def test_keys_belong_to_their_client(http, world):
 
     assert mine.status_code == theirs.status_code == 200
     assert theirs.json()["currentBalance"] == 16.0
-    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed", "Redeemed"]
+    assert await event_types(http, world.auditor, number) == ["Sold", "Redeemed", "Redeemed"]
 
 
 async def test_a_key_longer_than_255_characters_is_refused(http, world):
@@ -114,7 +114,7 @@ async def test_native_and_giftstream_writes_honour_the_key(http, world):
     )
     assert {h.status_code for h in holds} == {201}
     assert len({h.json()["hold_id"] for h in holds}) == 1
-    assert await event_types(http, world.pos, number) == ["Sold", "Reserved"]
+    assert await event_types(http, world.auditor, number) == ["Sold", "Reserved"]
 
 
 retry_schedules = st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4)), min_size=1, max_size=8)
@@ -141,7 +141,7 @@ async def test_any_retry_schedule_pays_each_key_exactly_once(http, world, schedu
         answers.setdefault(key, set()).update(r.content for r in wave)
 
     assert all(len(bodies) == 1 for bodies in answers.values())
-    types = await event_types(http, world.pos, number)
+    types = await event_types(http, world.auditor, number)
     assert types == ["Sold"] + ["Redeemed"] * len(answers)
     card = await http.get(f"{RESICO}/cards/{number}", headers=world.pos.headers)
     assert card.json()["currentBalance"] == 100 - sum(k + 1 for k in answers)
@@ -159,7 +159,7 @@ async def test_a_refusal_is_the_answer_a_retry_with_its_key_gets(http, world):
     assert again.content == refused.content
     assert again.headers["content-type"].startswith("application/problem+json")
     assert again.headers["idempotent-replayed"] == "true"
-    assert await event_types(http, world.pos, number) == ["Sold", "Redeemed"]
+    assert await event_types(http, world.auditor, number) == ["Sold", "Redeemed"]
 
 
 async def test_a_refused_giftstream_create_replays_its_seed_shaped_answer(http, world):

@@ -160,7 +160,7 @@ async def test_redeem_of_more_than_the_balance_is_refused_and_changes_nothing(ht
     response = await command(http, world.pos.headers, FIXED, "redeem", {"amount_minor": 501})
     assert_problem(response, 422, "insufficient_funds")
     assert amounts(await card(http, world.pos.headers, FIXED)) == (500, 0, 500)
-    assert await event_types(http, world.pos.headers, FIXED) == ["Sold"]
+    assert await event_types(http, world.auditor.headers, FIXED) == ["Sold"]
 
 
 async def test_hold_reserves_an_amount_for_the_caller(http, world):
@@ -277,7 +277,7 @@ async def test_block_and_unblock_need_the_admin_scope(http, world):
     unblocked = await command(http, world.pos.headers, FIXED, "unblock")
     assert_problem(unblocked, 403, "forbidden")
     assert (await card(http, world.pos.headers, FIXED))["status"] == "active"
-    assert await event_types(http, world.pos.headers, FIXED) == ["Sold"]
+    assert await event_types(http, world.auditor.headers, FIXED) == ["Sold"]
 
 
 async def test_a_blocked_card_refuses_redeem_until_unblocked(http, world):
@@ -312,7 +312,7 @@ async def test_events_list_every_change_in_order(http, world):
     hold_id, _ = await hold(http, world.pos.headers, FIXED, amount_minor=2000)
     await command(http, world.pos.headers, FIXED, f"holds/{hold_id}/capture", {"amount_minor": 500})
     await command(http, world.pos.headers, FIXED, "redeem", {"amount_minor": 300})
-    response = await http.get(f"/v1/cards/{FIXED}/events", headers=world.pos.headers)
+    response = await http.get(f"/v1/cards/{FIXED}/events", headers=world.auditor.headers)
     page = response.json()
     events = page["events"]
     expected = ["Sold", "Reserved", "ReservationCaptured", "ReservationReleased", "Redeemed"]
@@ -331,22 +331,22 @@ async def test_events_page_through_with_next_after_version(http, world):
     for amount in (100, 200, 300):
         await command(http, world.pos.headers, FIXED, "redeem", {"amount_minor": amount})
     url = f"/v1/cards/{FIXED}/events"
-    first = (await http.get(url, params={"limit": 2}, headers=world.pos.headers)).json()
+    first = (await http.get(url, params={"limit": 2}, headers=world.auditor.headers)).json()
     assert [e["type"] for e in first["events"]] == ["Sold", "Redeemed"]
     assert first["next_after_version"] == 2
     params = {"limit": 2, "after_version": first["next_after_version"]}
-    second = (await http.get(url, params=params, headers=world.pos.headers)).json()
+    second = (await http.get(url, params=params, headers=world.auditor.headers)).json()
     assert [(e["type"], e["amount_minor"]) for e in second["events"]] == [
         ("Redeemed", 200),
         ("Redeemed", 300),
     ]
     params = {"limit": 2, "after_version": second["next_after_version"]}
-    third = (await http.get(url, params=params, headers=world.pos.headers)).json()
+    third = (await http.get(url, params=params, headers=world.auditor.headers)).json()
     assert third == {"events": [], "next_after_version": None}
 
 
 async def test_events_of_an_unknown_card_are_a_404(http, world):
-    response = await http.get("/v1/cards/9999999999999999/events", headers=world.pos.headers)
+    response = await http.get("/v1/cards/9999999999999999/events", headers=world.auditor.headers)
     assert_problem(response, 404, "card_not_found")
 
 
@@ -363,7 +363,7 @@ async def test_a_bad_amount_is_a_validation_problem_and_changes_nothing(
     response = await command(http, world.pos.headers, FIXED, action, {"amount_minor": amount})
     assert_problem(response, 422, "validation_failed")
     assert amounts(await card(http, world.pos.headers, FIXED)) == (4000, 0, 4000)
-    assert await event_types(http, world.pos.headers, FIXED) == ["Sold", "Redeemed"]
+    assert await event_types(http, world.auditor.headers, FIXED) == ["Sold", "Redeemed"]
 
 
 @pytest.mark.parametrize("action", ["redeem", "refund", "load"])
@@ -371,7 +371,7 @@ async def test_an_amount_is_required_where_there_is_no_default(http, world, acti
     await issue(http, world.pos.headers, number=FIXED, amount_minor=5000)
     response = await command(http, world.pos.headers, FIXED, action, {"location_code": "SHOP1"})
     assert_problem(response, 422, "validation_failed")
-    assert await event_types(http, world.pos.headers, FIXED) == ["Sold"]
+    assert await event_types(http, world.auditor.headers, FIXED) == ["Sold"]
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ async def test_a_card_past_its_expiry_date_is_expired_without_any_request(http, 
     assert card["status"] == "expired"
     assert (card["balance_minor"], card["reserved_minor"]) == (0, 0)
     events = (
-        await http.get("/v1/cards/8100000000000001/events", headers=world.pos.headers)
+        await http.get("/v1/cards/8100000000000001/events", headers=world.auditor.headers)
     ).json()["events"]
     # Releasing a live hold on expiry (reason card_expired) is shown in tests/unit/test_card.py.
     assert [e["type"] for e in events] == ["Sold", "Expired"]

@@ -175,7 +175,8 @@ async def test_clients_create_json_prints_exactly_the_credentials(database_url, 
 async def test_clients_list_shows_every_client(database_url, world):
     created = await create_client(database_url, "kiosk")
     listed = by_key(json_lines(await ok(database_url, "clients", "list")), "client_id")
-    assert set(listed) == {world.pos.client_id, world.other.client_id, created["client_id"]}
+    world_clients = {c.client_id for c in (world.pos, world.other, world.auditor, world.finance)}
+    assert set(listed) == {*world_clients, created["client_id"]}
     default_scopes = ["cards:read", "cards:sell", "cards:redeem", "cards:reserve"]
     assert listed[created["client_id"]]["scopes"] == default_scopes
 

@@ -11,6 +11,7 @@ from api.service import CardLedger, CardService, Job, ledger_env
 from ledger.card import CardTerms, Origin
 from ledger.errors import CardNotFound, InsufficientFunds
 from projections.database import eventsourcing_env
+from projections.history import card_history
 
 TERMS = CardTerms("fixed16", "EUR", True, True, True, None)
 
@@ -34,7 +35,7 @@ def redeem(number: str, amount_minor: int) -> Job:
 
 
 def versions(service: CardService, number: str) -> list[str]:
-    return [type(e).__name__ for e in service.events_now(number, 0, 100)]
+    return [entry.type for entry in card_history(service.ledger, number, 0, 100)]
 
 
 def test_a_refused_command_fails_alone_and_the_rest_of_its_batch_commits(service):

@@ -63,7 +63,7 @@ async def test_an_expired_hold_is_released_without_any_request(http, world):
     assert seen_at - created >= 1 - POLL_SECONDS
     view = await card(http, world.pos.headers)
     assert (view["balance_minor"], view["available_minor"], view["holds"]) == (5000, 5000, [])
-    log = await events(http, world.pos.headers)
+    log = await events(http, world.auditor.headers)
     assert [e["type"] for e in log] == ["Sold", "Reserved", "ReservationReleased"]
     released = log[-1]
     assert released["data"] == {"hold_id": hold_id, "reason": "expired"}
@@ -81,7 +81,7 @@ async def test_only_the_expired_hold_is_released(http, world):
     view = await card(http, world.pos.headers)
     assert [(h["hold_id"], h["amount_minor"]) for h in view["holds"]] == [(long, 1500)]
     released = [
-        e for e in await events(http, world.pos.headers) if e["type"] == "ReservationReleased"
+        e for e in await events(http, world.auditor.headers) if e["type"] == "ReservationReleased"
     ]
     assert [e["data"]["hold_id"] for e in released] == [short]
 

@@ -132,7 +132,7 @@ async def rebuild(database_url: str) -> str:
 
 async def test_every_projected_card_is_the_fold_of_its_events(http, pool, world):
     await write_history(http, world)
-    assert await assert_projection_is_the_fold_of_the_events(http, pool, world.pos.headers) > 0
+    assert await assert_projection_is_the_fold_of_the_events(http, pool, world.auditor.headers) > 0
     views, _ = await projection_rows(pool)
     by_number = {v["number"]: v for v in views}
     assert set(by_number) == {FIXED, GOLD, DYNAMIC, BLOCKED}
@@ -146,7 +146,8 @@ async def test_rebuild_restores_corrupted_rows_exactly(http, pool, world, databa
     await write_history(http, world)
     views_before, holds_before = await projection_rows(pool)
     assert len(holds_before) == 2
-    total_events = await assert_projection_is_the_fold_of_the_events(http, pool, world.pos.headers)
+    auditor = world.auditor.headers
+    total_events = await assert_projection_is_the_fold_of_the_events(http, pool, auditor)
 
     await pool.execute("UPDATE card_views SET balance_minor = 1, reserved_minor = 0")
     await pool.execute("UPDATE card_views SET status = 'active', version = 99")
@@ -195,4 +196,4 @@ async def test_the_app_keeps_writing_consistently_after_a_rebuild(http, pool, wo
         f"/v1/cards/{FIXED}/redeem", json={"amount_minor": 250}, headers=world.pos.headers
     )
     assert (await ok(redeemed))["balance_minor"] == 1250
-    await assert_projection_is_the_fold_of_the_events(http, pool, world.pos.headers)
+    await assert_projection_is_the_fold_of_the_events(http, pool, world.auditor.headers)

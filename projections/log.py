@@ -1,0 +1,140 @@
+"""The ledger log: one row per stored event, with its hash chains, its time and its request.
+
+The row is written by the recorder in the transaction that inserts the event, after the event
+table is locked, so the log's order is the notification order and the chain has no gaps. Beside
+the hashes it keeps what auditors and finance select on and the event row cannot index:
+`occurred_at`, the Idempotency-Key of the request that caused the event, and the POS's own
+transaction reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from eventsourcing.persistence import StoredEvent
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
+from ledger.integrity import GENESIS_HASH, card_hash, chain_hash
+
+# What a request said about the event it caused: its Idempotency-Key and the POS's own
+# transaction number (Resico's transactionNo), either of which a settlement file may quote.
+EventKeys = Mapping[tuple[UUID, int], tuple[str | None, str | None]]
+
+LOG_TABLE_SQL = """
+    CREATE TABLE ledger_log (
+        position bigint PRIMARY KEY,
+        card_id uuid NOT NULL,
+        version bigint NOT NULL,
+        occurred_at timestamptz NOT NULL,
+        idempotency_key text,
+        reference text,
+        card_hash bytea NOT NULL,
+        chain_hash bytea NOT NULL,
+        UNIQUE (card_id, version)
+    );
+    CREATE INDEX ledger_log_occurred_at ON ledger_log (occurred_at);
+    CREATE INDEX ledger_log_reference ON ledger_log (reference) WHERE reference IS NOT NULL;
+"""
+
+_PREVIOUS_CARD_HASHES_SQL = (
+    "SELECT card_id, card_hash FROM ledger_log"
+    " WHERE (card_id, version) IN (SELECT * FROM unnest(%s::uuid[], %s::bigint[]))"
+)
+_LAST_CHAIN_HASH_SQL = "SELECT chain_hash FROM ledger_log ORDER BY position DESC LIMIT 1"
+_INSERT_SQL = (
+    "INSERT INTO ledger_log (position, card_id, version, occurred_at, idempotency_key,"
+    " reference, card_hash, chain_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# Rows per round trip while adopting a log written before the chain existed.
+ADOPT_BATCH_ROWS = 5_000
+
+
+class _Timed(msgspec.Struct):
+    occurred_at: dict[str, str] | None = None
+    timestamp: dict[str, str] | None = None
+
+
+_TIMED_DECODER = msgspec.json.Decoder(_Timed)
+
+
+def occurred_at_of(state: bytes) -> datetime:
+    """The event's business time, read straight from its stored JSON (no full decode)."""
+    timed = _TIMED_DECODER.decode(state)
+    stamp = timed.occurred_at or timed.timestamp
+    assert stamp is not None, "every card event carries occurred_at or a timestamp"
+    return datetime.fromisoformat(stamp["_data_"])
+
+
+def write_log(
+    curs: Cursor[DictRow],
+    stored_events: Sequence[StoredEvent],
+    positions: Sequence[int],
+    event_keys: EventKeys,
+) -> None:
+    """Chain and record the events just inserted; the caller holds the event table's lock."""
+    assert len(stored_events) == len(positions)
+    placed = sorted(zip(positions, stored_events, strict=True), key=lambda p: p[0])
+    firsts: dict[UUID, int] = {}
+    for _, stored in placed:
+        firsts.setdefault(_uuid(stored.originator_id), stored.originator_version)
+    wanted = [(card_id, version - 1) for card_id, version in firsts.items() if version > 1]
+    previous: dict[UUID, bytes] = {}
+    if wanted:
+        curs.execute(_PREVIOUS_CARD_HASHES_SQL, ([c for c, _ in wanted], [v for _, v in wanted]))
+        previous = {row["card_id"]: bytes(row["card_hash"]) for row in curs.fetchall()}
+    curs.execute(_LAST_CHAIN_HASH_SQL)
+    last = curs.fetchone()
+    chain = bytes(last["chain_hash"]) if last else GENESIS_HASH
+    rows: list[tuple[Any, ...]] = []
+    for position, stored in placed:
+        card_id = _uuid(stored.originator_id)
+        version = stored.originator_version
+        own = card_hash(previous.get(card_id, GENESIS_HASH), card_id, version, stored.topic,
+                        stored.state)  # fmt: skip
+        previous[card_id] = own
+        chain = chain_hash(chain, position, own)
+        idempotency_key, reference = event_keys.get((card_id, version), (None, None))
+        rows.append((position, card_id, version, occurred_at_of(stored.state), idempotency_key,
+                     reference, own, chain))  # fmt: skip
+    curs.executemany(_INSERT_SQL, rows)
+
+
+def adopt_unchained_log(curs: Cursor[DictRow], events_table: str) -> int:
+    """Chain a log written before the ledger log existed; returns the events chained.
+
+    Only a log with no chain at all is adopted: once any row is chained, a missing row is
+    evidence of tampering and must stay visible to `audit verify`, not be papered over.
+    """
+    curs.execute(f"LOCK TABLE {events_table} IN EXCLUSIVE MODE")
+    curs.execute("SELECT EXISTS (SELECT 1 FROM ledger_log)")
+    row = curs.fetchone()
+    assert row is not None
+    if row["exists"]:
+        return 0
+    adopted = 0
+    after = 0
+    while True:
+        curs.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state"  # noqa: S608
+            f" FROM {events_table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+            (after, ADOPT_BATCH_ROWS),
+        )
+        batch = curs.fetchall()
+        if not batch:
+            return adopted
+        stored = [
+            StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+            for r in batch
+        ]
+        write_log(curs, stored, [r["notification_id"] for r in batch], {})
+        adopted += len(batch)
+        after = batch[-1]["notification_id"]
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)
