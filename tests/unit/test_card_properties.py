@@ -13,6 +13,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from ledger.card import Card, CardTerms, Origin
 from ledger.errors import LedgerError
 from ledger.money import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX
+from ledger.postings import (
+    CARD_LIABILITY,
+    HOLDS_MEMO,
+    account_balances,
+    postings_for,
+    trial_balance,
+)
 from tests.unit.card_model import Model
 from tests.unit.support import NUMBER, T0, facts, names, replay, snapshot, terms
 
@@ -225,6 +232,22 @@ class CardMachine(RuleBasedStateMachine):
             SIGN[type(e).__name__] * e.amount_minor for e in self.events if type(e).__name__ in SIGN
         )
         assert self.card.balance_minor == total
+
+    @invariant()
+    def postings_balance_and_tie_to_the_card(self) -> None:
+        """Over the whole history and over every period of it, debits equal credits, card
+        liability is what the card holds, and the memo holds are what it has reserved."""
+        currency = self.card.terms.currency
+        postings = [p for e in self.events for p in postings_for(type(e).__name__, e, currency)]
+        assert all(total == 0 for total in trial_balance(postings).values())
+        balances = account_balances(postings)
+        assert -balances.get((CARD_LIABILITY, currency), 0) == self.card.balance_minor
+        assert balances.get((HOLDS_MEMO, currency), 0) == self.card.reserved_minor
+        for cut in range(len(self.events) + 1):  # Any period [cut, end) balances on its own.
+            period = self.events[cut:]
+            assert not any(trial_balance(
+                p for e in period for p in postings_for(type(e).__name__, e, currency)
+            ).values())  # fmt: skip
 
     @invariant()
     def replaying_every_recorded_event_rebuilds_the_same_card(self) -> None:
