@@ -77,13 +77,17 @@ def jwt_auth(secret: str) -> JWTAuth[Client, Token]:
     )
 
 
+def check_scope(client: Client, scope: str) -> None:
+    """Refuse (403) a client that holds neither the scope nor admin."""
+    if scope not in client.scopes and "admin" not in client.scopes:
+        raise PermissionDeniedException(f"this client lacks the scope {scope!r}")
+
+
 def requires(scope: str) -> Any:
     """A guard that lets through only clients that hold the scope (or admin)."""
 
     def guard(connection: ASGIConnection[Any, Client, Any, Any], _: BaseRouteHandler) -> None:
-        client = connection.user
-        if scope not in client.scopes and "admin" not in client.scopes:
-            raise PermissionDeniedException(f"this client lacks the scope {scope!r}")
+        check_scope(connection.user, scope)
 
     return guard
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 import click
 
+from api import cli_audit
 from api.bootstrap import database_url, prepare_database, seed_demo
 from api.settings import Settings
 from ledger.errors import LedgerError
@@ -273,3 +274,7 @@ def projections_rebuild() -> None:
     finally:
         ledger.close()
     click.echo(f"rebuilt {cards} cards from {events} events")
+
+
+main.add_command(cli_audit.history)
+main.add_command(cli_audit.audit)

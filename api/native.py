@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
-from api.auth import requires
+from api.auth import check_scope, requires
 from api.context import origin_for
 from api.errors import ApiError
 from api.giftstream import generated_identifier
@@ -213,13 +213,16 @@ async def issue_card(
 
 @get("/cards/{number:str}", guards=[requires("cards:read")])
 async def get_card(
-    number: str, reader: CardReader, service: CardService, as_of: datetime | None = None
-) -> Card:
+    number: str, request: Request[Client, Any, Any], reader: CardReader, service: CardService,
+    as_of: datetime | None = None,
+) -> Card:  # fmt: skip
     """The card with its balance, reserved and available amounts, and holds.
 
-    With `as_of` (ISO 8601 with a time zone), the card as it was then, computed from its events.
+    With `as_of` (ISO 8601 with a time zone), the card as it was then, computed from its events;
+    that is time travel, an auditor's read, and needs the audit:read scope.
     """
     if as_of is not None:
+        check_scope(request.user, "audit:read")
         if as_of.tzinfo is None:
             raise ApiError("validation_failed", 422, "as_of needs a time zone, e.g. Z")
         return native_card(await service.card_as_of(number, as_of))
