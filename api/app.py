@@ -19,6 +19,8 @@ from api.auth import ClientCache, jwt_auth, token_endpoint
 from api.bootstrap import database_url, prepare_database, run_blocking
 from api.errors import problem_details_plugin
 from api.giftstream import giftstream_router
+from api.health import check_durability, live, ready
+from api.metrics import MetricsController, prometheus_config
 from api.native import native_router
 from api.resico import resico_router
 from api.service import CardLedger, CardService, ledger_env
@@ -62,6 +64,7 @@ def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=READ_POOL_SIZE_MAX)
+        await check_durability(pool, settings.allow_unsafe_durability)
         ledger = await anyio.to_thread.run_sync(
             lambda: CardLedger(env=ledger_env(eventsourcing_env(url)))
         )
@@ -94,7 +97,10 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             health,
+            live,
+            ready,
             ping,
+            MetricsController,
             token_endpoint,
             resico_router(DEPENDENCIES),
             giftstream_router(DEPENDENCIES),
@@ -103,6 +109,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         on_app_init=[jwt_auth(jwt_secret).on_app_init],
         plugins=[problem_details_plugin()],
+        middleware=[prometheus_config().middleware],
         request_max_body_size=REQUEST_BODY_BYTES_MAX,
         openapi_config=OpenAPIConfig(
             title="giftledger",

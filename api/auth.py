@@ -24,7 +24,8 @@ TOKEN_ALGORITHM = "HS256"  # noqa: S105 - not a secret.
 CLIENT_CACHE_TTL_SECONDS = 1.0
 CLIENT_CACHE_ENTRIES_MAX = 10_000
 TOKEN_REQUEST_BYTES_MAX = 4096
-PUBLIC_PATHS = ["/oauth/token", "/schema", "/health", "/ping"]
+# /metrics is for the scraper on the internal network; the reverse proxy does not expose it.
+PUBLIC_PATHS = ["/oauth/token", "/schema", "/health", "/ping", "/metrics"]
 
 
 def issue_token(secret: str, client_id: str, ttl_seconds: int) -> str:

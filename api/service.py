@@ -32,6 +32,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, LRUCa
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent, Transcoding
 
+from api import metrics
 from api.errors import IdempotencyKeyReused, WriteContention
 from api.idempotency import IdempotentWrite, StoredResponse
 from ledger.card import (
@@ -189,13 +190,15 @@ class CardService:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
+            metrics.WRITE_CONTENTION.inc()
             raise WriteContention("too many writes are waiting") from None
         return job.future
 
     def _write_loop(self) -> None:
         while (first := self._queue.get()) is not None:
             batch = [first]
-            deadline = time.monotonic() + self.batch_linger_seconds
+            opened = time.monotonic()
+            deadline = opened + self.batch_linger_seconds
             stop = False
             while len(batch) < self.batch_size_max:
                 try:
@@ -206,8 +209,12 @@ class CardService:
                     stop = True
                     break
                 batch.append(job)
+            closed = time.monotonic()
+            metrics.BATCH_LINGER.observe(closed - opened)
+            metrics.BATCH_SIZE.observe(len(batch))
             try:
                 self.commit_batch(batch)
+                metrics.BATCH_COMMIT.observe(time.monotonic() - closed)
             except Exception as exc:  # The writer must outlive a database outage.
                 logger.exception("batch of %d failed", len(batch))
                 for job in batch:
@@ -422,9 +429,11 @@ class CardService:
             except IntegrityError:
                 if probe is not None and self._landed(probe):
                     return answer
+                metrics.CONFLICT_RETRIES.inc()
                 _backoff(attempt)
                 continue
             return answer
+        metrics.WRITE_CONTENTION.inc()
         raise WriteContention(f"card {number} is busy")
 
     def sell_now(self, number: str, ref: int, terms: CardTerms, amount_minor: int,

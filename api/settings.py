@@ -27,6 +27,8 @@ class Settings:
     hold_sweep_interval_seconds: float = DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS
     batch_size_max: int = DEFAULT_BATCH_SIZE_MAX
     batch_linger_ms: float = DEFAULT_BATCH_LINGER_MS
+    # Start even if PostgreSQL runs with fsync, synchronous_commit or full_page_writes off.
+    allow_unsafe_durability: bool = False
     # Seeds the demo location, card types and client on the first start of an embedded database.
     seed_demo: bool = field(default=False)
 
@@ -58,5 +60,6 @@ class Settings:
             ),
             batch_size_max=int(env.get("GIFTLEDGER_BATCH_SIZE", DEFAULT_BATCH_SIZE_MAX)),
             batch_linger_ms=float(env.get("GIFTLEDGER_BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS)),
+            allow_unsafe_durability=env.get("GIFTLEDGER_ALLOW_UNSAFE_DURABILITY", "") == "1",
             seed_demo=url is None,
         )

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from api import metrics
 from api.context import utc_now
 from api.errors import WriteContention
 from api.service import CardService
@@ -23,6 +24,8 @@ HOLD_SWEEP_BATCH_MAX = 200
 EXPIRY_SWEEP_BATCH_MAX = 200
 # Idempotency keys past their retention are deleted this often.
 IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 3600
+# The scheduler's backlog gauges count rows, so they are refreshed this often, not every sweep.
+GAUGE_REFRESH_INTERVAL_SECONDS = 10.0
 
 
 async def sweep_expired_holds(reader: CardReader, service: CardService) -> int:
@@ -49,10 +52,24 @@ async def _each(numbers: list[str], action: Callable[[str], Awaitable[object]]) 
     return len(numbers)
 
 
+async def refresh_gauges(reader: CardReader) -> None:
+    holds, cards = await reader.scheduler_backlog(utc_now())
+    metrics.HOLDS_TO_EXPIRE.set(holds)
+    metrics.CARDS_TO_EXPIRE.set(cards)
+    metrics.LEDGER_HEAD_POSITION.set(await reader.ledger_head())
+    lag_events, lag_seconds = await reader.projection_lag(utc_now())
+    metrics.PROJECTION_LAG_EVENTS.set(lag_events)
+    metrics.PROJECTION_LAG_SECONDS.set(lag_seconds)
+
+
 async def run_sweeper(reader: CardReader, service: CardService, interval_s: float) -> None:
     last_purge = 0.0
+    last_gauges = 0.0
     while True:
         try:
+            if time.monotonic() - last_gauges > GAUGE_REFRESH_INTERVAL_SECONDS:
+                last_gauges = time.monotonic()
+                await refresh_gauges(reader)
             await sweep_expired_holds(reader, service)
             await sweep_expired_cards(reader, service)
             if time.monotonic() - last_purge > IDEMPOTENCY_PURGE_INTERVAL_SECONDS:

@@ -13,6 +13,9 @@ import msgspec
 from ledger.card import Card, CardStatus
 from ledger.errors import CardNotFound
 
+# The projection lag is measured over this many of the newest events.
+PROJECTION_LAG_WINDOW_EVENTS = 10_000
+
 
 class HoldView(msgspec.Struct, frozen=True):
     hold_id: str
@@ -153,6 +156,37 @@ class CardReader:
             limit,
         )
         return [r["number"] for r in rows]
+
+    async def scheduler_backlog(self, now: datetime) -> tuple[int, int]:
+        """(cards with an expired hold, cards past expiry) the scheduler has still to handle."""
+        row = await self._pool.fetchrow(
+            "SELECT (SELECT count(DISTINCT card_id) FROM card_holds WHERE expires_at <= $1),"
+            " (SELECT count(*) FROM card_views WHERE expires_on < $2 AND status <> 'expired')",
+            now,
+            now.date(),
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def projection_lag(self, now: datetime) -> tuple[int, float]:
+        """(events, seconds) the card projection trails the newest events of the log.
+
+        Written in each event's own transaction, the projection should never trail; this
+        measures it anyway, over the newest events, so a broken rebuild or a hand edit shows.
+        """
+        row = await self._pool.fetchrow(
+            "SELECT count(*), min(l.occurred_at) FROM ledger_log l"
+            " LEFT JOIN card_views v USING (card_id)"
+            " WHERE l.position > (SELECT coalesce(max(position), 0) FROM ledger_log) - $1"
+            " AND (v.version IS NULL OR l.version > v.version)",
+            PROJECTION_LAG_WINDOW_EVENTS,
+        )
+        assert row is not None
+        oldest = row[1]
+        return int(row[0]), (now - oldest).total_seconds() if oldest else 0.0
+
+    async def ledger_head(self) -> int:
+        return int(await self._pool.fetchval("SELECT coalesce(max(position), 0) FROM ledger_log"))
 
     async def numbers_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
         rows = await self._pool.fetch(

@@ -47,3 +47,23 @@ def eventsourcing_env(url: str) -> dict[str, str]:
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
     }
+
+
+# Server settings without which a commit the service acknowledged could be lost in a crash.
+DURABILITY_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+def unsafe_durability(values: dict[str, str]) -> list[str]:
+    """The durability settings that are not as they must be, e.g. ["fsync=off"].
+
+    synchronous_commit may also be `remote_write`, `remote_apply` or `local`: each of those still
+    flushes the primary's WAL before a commit returns.
+    """
+    safe_commit = {"on", "remote_write", "remote_apply", "local"}
+    problems = []
+    for name, wanted in DURABILITY_SETTINGS.items():
+        value = values.get(name, "")
+        ok = value in safe_commit if name == "synchronous_commit" else value == wanted
+        if not ok:
+            problems.append(f"{name}={value or 'unknown'}")
+    return problems

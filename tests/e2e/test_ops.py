@@ -1,0 +1,95 @@
+"""Operators can see the service: liveness, readiness, Prometheus metrics, a durability guard."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import traceback
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from projections.database import unsafe_durability
+from tests.conftest import _with_database
+
+NUMBER = "7100000000000000001"
+
+
+async def test_live_answers_without_the_database(http):
+    response = await http.get("/health/live")
+    assert (response.status_code, response.json()) == (200, {"status": "live"})
+
+
+async def test_ready_checks_schema_and_projection_lag(http, world, pool):
+    response = await http.get("/health/ready")
+    assert response.status_code == 200, response.text
+    assert response.json()["projection_lag_events"] == 0
+    body = {"card_type": "dynamic19", "amount_minor": 500, "number": NUMBER}
+    assert (await http.post("/v1/cards", json=body, headers=world.pos.headers)).status_code == 201
+    # Damage the projection as a bad hand edit would: it now trails the log by one event.
+    await pool.execute("UPDATE card_views SET version = version - 1 WHERE number = $1", NUMBER)
+    await pool.execute("UPDATE ledger_log SET occurred_at = occurred_at - interval '1 minute'")
+    response = await http.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["code"] == "not_ready"
+    await pool.execute("UPDATE card_views SET version = version + 1 WHERE number = $1", NUMBER)
+    assert (await http.get("/health/ready")).status_code == 200
+
+
+async def test_metrics_count_requests_per_route_and_batches_without_card_numbers(http, world):
+    body = {"card_type": "dynamic19", "amount_minor": 900, "number": NUMBER}
+    assert (await http.post("/v1/cards", json=body, headers=world.pos.headers)).status_code == 201
+    pay = {"amount_minor": 100}
+    headers = world.pos.headers
+    assert (await http.post(f"/v1/cards/{NUMBER}/redeem", json=pay, headers=headers)).is_success
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    text = response.text
+    assert 'path="/v1/cards/{number}/redeem"' in text
+    assert "giftledger_batch_commands_count" in text
+    assert "giftledger_batch_linger_seconds_bucket" in text
+    assert "giftledger_conflict_retries_total" in text
+    assert "giftledger_scheduler_holds_to_expire" in text
+    assert "giftledger_projection_lag_events" in text
+    assert NUMBER not in text
+
+
+def test_durability_settings_that_could_lose_commits_are_named():
+    safe = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+    assert unsafe_durability(safe) == []
+    assert unsafe_durability({**safe, "synchronous_commit": "local"}) == []
+    assert unsafe_durability({**safe, "fsync": "off"}) == ["fsync=off"]
+    assert unsafe_durability({**safe, "synchronous_commit": "off", "full_page_writes": "off"}) == [
+        "synchronous_commit=off",
+        "full_page_writes=off",
+    ]
+
+
+@pytest.fixture
+async def database_without_synchronous_commit(server_url: str):
+    name = f"giftledger_unsafe_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        yield _with_database(server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_the_service_refuses_to_start_where_commits_could_be_lost(
+    database_without_synchronous_commit, settings
+):
+    unsafe = dataclasses.replace(settings, database_url=database_without_synchronous_commit)
+    with pytest.raises(BaseExceptionGroup) as refused:  # The test client groups errors.
+        async with AsyncTestClient(app=create_app(unsafe)):
+            pass
+    assert "could lose acknowledged writes: synchronous_commit=off" in "".join(
+        traceback.format_exception(refused.value)
+    )
+    allowed = dataclasses.replace(unsafe, allow_unsafe_durability=True)
+    async with AsyncTestClient(app=create_app(allowed)) as client:
+        assert (await client.get("/health/ready")).status_code == 200
