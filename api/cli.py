@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 import click
 
-from api import cli_audit
+from api import cli_audit, cli_ops
 from api.bootstrap import database_url, prepare_database, seed_demo
 from api.settings import Settings
 from ledger.errors import LedgerError
@@ -278,3 +278,4 @@ def projections_rebuild() -> None:
 
 main.add_command(cli_audit.history)
 main.add_command(cli_audit.audit)
+main.add_command(cli_ops.migrate_command)
