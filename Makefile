@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck bench clean
+.PHONY: run test check lint typecheck bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ check: lint test
 bench: $(STAMP)
 	command -v wrk || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.run
+
+# Not part of `make test`: the crash-recovery tests with many more faults and a longer load.
+soak: $(STAMP)
+	GIFTLEDGER_SOAK_KILLS=20 GIFTLEDGER_SOAK_DB_RESTARTS=5 GIFTLEDGER_SOAK_PAYERS=32 \
+	GIFTLEDGER_SOAK_INTERVAL_SECONDS=3 $(BIN)/pytest -q -s tests/integration/test_recovery.py
 
 clean:
 	rm -rf $(VENV) .giftledger .pytest_cache
