@@ -15,13 +15,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
-from api.auth import ClientCache, jwt_auth, token_endpoint
-from api.bootstrap import database_url, prepare_database, run_blocking
+from api.auth import ClientCache, KeyCache, jwt_auth, token_endpoint
+from api.bootstrap import database_url, pinned_key, prepare_database, run_blocking
 from api.errors import problem_details_plugin
 from api.giftstream import giftstream_router
 from api.health import check_durability, live, ready
+from api.limits import AbuseLimitMiddleware, AbuseLimits
 from api.metrics import MetricsController, prometheus_config
 from api.native import native_router
+from api.redaction import install_log_redaction
 from api.resico import resico_router
 from api.service import CardLedger, CardService, ledger_env
 from api.settings import Settings
@@ -31,7 +33,9 @@ from projections.config import ConfigStore
 from projections.database import eventsourcing_env
 
 READ_POOL_SIZE_MAX = 20
-REQUEST_BODY_BYTES_MAX = 64 * 1024
+# Every body this service takes is a few hundred bytes. A route that takes files sets its own
+# larger `request_max_body_size`; this is the limit everywhere else (413 beyond it).
+REQUEST_BODY_BYTES_MAX = 16 * 1024
 
 
 @get("/health", tags=["ops"])
@@ -59,7 +63,8 @@ DEPENDENCIES = {name: _from_state(name) for name in ("service", "config", "reade
 
 def create_app(settings: Settings) -> Litestar:
     url = database_url(settings)
-    jwt_secret = run_blocking(prepare_database(url, settings))
+    run_blocking(prepare_database(url, settings))
+    install_log_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -79,7 +84,7 @@ def create_app(settings: Settings) -> Litestar:
         reader = CardReader(pool)
         app.state.update(
             pool=pool, service=service, config=config, reader=reader, settings=settings,
-            clients=ClientCache(config), jwt_secret=jwt_secret,
+            clients=ClientCache(config), signing_keys=KeyCache(config, pinned_key(settings)),
         )  # fmt: skip
         sweeper = asyncio.create_task(
             run_sweeper(reader, service, settings.hold_sweep_interval_seconds)
@@ -107,9 +112,11 @@ def create_app(settings: Settings) -> Litestar:
             native_router(DEPENDENCIES),
         ],
         lifespan=[lifespan],
-        on_app_init=[jwt_auth(jwt_secret).on_app_init],
+        on_app_init=[jwt_auth().on_app_init],
         plugins=[problem_details_plugin()],
-        middleware=[prometheus_config().middleware],
+        # Metrics outermost, so refusals by the limits are counted too. The limits run after
+        # authentication (which on_app_init puts first), so they know the client.
+        middleware=[prometheus_config().middleware, AbuseLimitMiddleware(AbuseLimits(settings))],
         request_max_body_size=REQUEST_BODY_BYTES_MAX,
         openapi_config=OpenAPIConfig(
             title="giftledger",

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 import msgspec
 from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.security.jwt import JWTAuth, Token
+from litestar.middleware import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
-from projections.config import Client, ConfigStore
+from projections.config import Client, ConfigStore, SigningKey
 
 TOKEN_ISSUER = "giftledger"  # noqa: S105 - not a secret.
 TOKEN_AUDIENCE = "giftledger"  # noqa: S105 - not a secret.
+# Pinned: a token's own header never chooses the algorithm, so "none" and RS256/HS256
+# confusion are refused by the decoder before any key is tried.
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 - not a secret.
+TOKEN_REQUIRED_CLAIMS = ("sub", "exp", "nbf", "iat", "iss", "aud")
+# The key set is re-read at most this often per process, so a removed key's tokens stop
+# working within this many seconds everywhere; a rotated-in key is picked up as fast.
+KEY_CACHE_TTL_SECONDS = 1.0
+# A token naming a kid this process does not know yet (rotated in by another process less
+# than a second ago) re-reads the key set at once, but at most this often.
+KEY_REFRESH_ON_MISS_SECONDS_MIN = 0.1
 # Client records are re-read at most this often per process, so a revoked client or a changed
 # scope takes effect within this many seconds without a database read on every request.
 CLIENT_CACHE_TTL_SECONDS = 1.0
@@ -28,7 +41,8 @@ TOKEN_REQUEST_BYTES_MAX = 4096
 PUBLIC_PATHS = ["/oauth/token", "/schema", "/health", "/ping", "/metrics"]
 
 
-def issue_token(secret: str, client_id: str, ttl_seconds: int) -> str:
+def issue_token(key: SigningKey, client_id: str, ttl_seconds: int) -> str:
+    """A bearer token for the client, signed with the key and naming it by kid."""
     now = datetime.now(UTC)
     token = Token(
         sub=client_id,
@@ -38,7 +52,80 @@ def issue_token(secret: str, client_id: str, ttl_seconds: int) -> str:
         aud=TOKEN_AUDIENCE,
         jti=uuid.uuid4().hex,
     )
-    return token.encode(secret=secret, algorithm=TOKEN_ALGORITHM)
+    # Token.encode takes no header, and would nest `extras`; the claims are the Token's own.
+    claims = {k: v for k, v in asdict(token).items() if v is not None and k != "extras"}
+    return jwt.encode(
+        {**claims, "nbf": token.iat},
+        key.secret,
+        algorithm=TOKEN_ALGORITHM,
+        headers={"kid": key.kid},
+    )
+
+
+class KeyCache:
+    """The signing keys by kid: the pinned one alone, or the database's set, briefly cached."""
+
+    def __init__(self, config: ConfigStore, pinned: SigningKey | None = None) -> None:
+        self._config = config
+        self._pinned = pinned
+        self._keys: dict[str, SigningKey] = {pinned.kid: pinned} if pinned else {}
+        self._read_at = -KEY_CACHE_TTL_SECONDS
+
+    async def _refresh(self, age_seconds_max: float) -> None:
+        now = time.monotonic()
+        if self._pinned is None and now - self._read_at >= age_seconds_max:
+            self._keys = {key.kid: key for key in await self._config.signing_keys()}
+            self._read_at = now
+
+    async def get(self, kid: str) -> SigningKey | None:
+        await self._refresh(KEY_CACHE_TTL_SECONDS)
+        if kid not in self._keys:
+            await self._refresh(KEY_REFRESH_ON_MISS_SECONDS_MIN)
+        return self._keys.get(kid)
+
+    async def newest(self) -> SigningKey:
+        await self._refresh(KEY_CACHE_TTL_SECONDS)
+        assert self._keys, "prepare_database creates a key and the last is never removed"
+        return list(self._keys.values())[-1]
+
+
+class KeyedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware, with the verifying key chosen by the token's kid.
+
+    Only the key lookup is new: Token.decode still checks the signature with the pinned
+    algorithm, and exp, nbf, iss, aud and the required claims.
+    """
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        key = await _key_for(encoded_token, connection.app.state.signing_keys)
+        token = self.token_cls.decode(
+            encoded_token=encoded_token,
+            secret=key.secret,
+            algorithm=self.algorithm,
+            audience=self.token_audience,
+            issuer=self.token_issuer,
+            require_claims=self.require_claims,
+            verify_exp=self.verify_expiry,
+            verify_nbf=self.verify_not_before,
+            strict_audience=self.strict_audience,
+        )
+        user = await self.retrieve_user_handler(token, connection)
+        if not user:
+            raise NotAuthorizedException()
+        return AuthenticationResult(user=user, auth=token)
+
+
+async def _key_for(encoded_token: str, keys: KeyCache) -> SigningKey:
+    try:
+        kid = jwt.get_unverified_header(encoded_token).get("kid")
+    except jwt.InvalidTokenError:
+        raise NotAuthorizedException("Invalid token") from None
+    key = await keys.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise NotAuthorizedException("Invalid token")
+    return key
 
 
 class ClientCache:
@@ -67,13 +154,20 @@ async def retrieve_client(
     return client
 
 
-def jwt_auth(secret: str) -> JWTAuth[Client, Token]:
+def jwt_auth() -> JWTAuth[Client, Token]:
     return JWTAuth[Client, Token](
         retrieve_user_handler=retrieve_client,
-        token_secret=secret,
+        # Never used: KeyedJWTAuthenticationMiddleware verifies with the token's own key. A
+        # random value makes sure that nothing could verify with it by mistake.
+        token_secret=secrets.token_urlsafe(48),
         algorithm=TOKEN_ALGORITHM,
         accepted_issuers=[TOKEN_ISSUER],
         accepted_audiences=[TOKEN_AUDIENCE],
+        require_claims=TOKEN_REQUIRED_CLAIMS,
+        verify_expiry=True,
+        verify_not_before=True,
+        strict_audience=True,
+        authentication_middleware_class=KeyedJWTAuthenticationMiddleware,
         exclude=PUBLIC_PATHS,
     )
 
@@ -141,7 +235,7 @@ async def token_endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
     if client is None:
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
     ttl = state.settings.token_ttl_seconds
-    token = issue_token(state.jwt_secret, client.client_id, ttl)
+    token = issue_token(await state.signing_keys.newest(), client.client_id, ttl)
     return Response(
         TokenResponse(access_token=token, token_type="Bearer", expires_in=ttl),  # noqa: S106
         headers={"Cache-Control": "no-store"},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -14,7 +13,14 @@ from typing import Any, TypeVar
 import asyncpg
 
 from api.settings import Settings
-from projections.config import SCOPES, CardType, ConfigStore
+from projections.config import (
+    SCOPES,
+    CardType,
+    ConfigStore,
+    SigningKey,
+    ensure_signing_key,
+    pinned_signing_key,
+)
 from projections.database import embedded_url
 from projections.schema import migrate
 
@@ -37,16 +43,19 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def prepare_database(url: str, settings: Settings) -> str:
-    """Migrate the schema and return the token signing secret (stored once, shared by all)."""
+async def prepare_database(url: str, settings: Settings) -> None:
+    """Migrate the schema and make sure a token signing key exists (shared by every process,
+    unless settings.jwt_secret pins one)."""
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
-        if settings.jwt_secret:
-            return settings.jwt_secret
-        return await ConfigStore(conn).setting("jwt_secret", secrets.token_urlsafe(48))
+        await ensure_signing_key(conn)
     finally:
         await conn.close()
+
+
+def pinned_key(settings: Settings) -> SigningKey | None:
+    return pinned_signing_key(settings.jwt_secret) if settings.jwt_secret else None
 
 
 async def seed_demo(url: str, data_dir: Path) -> dict[str, str] | None:

@@ -15,7 +15,7 @@ import asyncpg
 import click
 
 from api import cli_audit, cli_ops
-from api.bootstrap import database_url, prepare_database, seed_demo
+from api.bootstrap import database_url, pinned_key, prepare_database, seed_demo
 from api.settings import Settings
 from ledger.errors import LedgerError
 from projections.config import (
@@ -24,6 +24,7 @@ from projections.config import (
     SCOPES,
     CardType,
     ConfigStore,
+    SigningKey,
 )
 
 T = TypeVar("T")
@@ -194,17 +195,34 @@ def clients() -> None:
     """API clients, their scopes and allowed locations."""
 
 
+RATE_PER_SECOND = click.option(
+    "--rate-per-second", type=click.FloatRange(min=0, min_open=True), default=None,
+    help="This client's request rate limit, per process (default: GIFTLEDGER_RATE_LIMIT_*).",
+)  # fmt: skip
+RATE_BURST = click.option(
+    "--burst", "rate_burst", type=click.IntRange(min=1), default=None,
+    help="How many requests the client may send at once before the rate applies.",
+)  # fmt: skip
+
+
 @clients.command("create")
 @click.argument("name")
 @click.option("--scopes", default=",".join(DEFAULT_CLIENT_SCOPES), show_default=True)
 @click.option("--locations", "allowed", default="", help="Comma-separated location codes.")
+@RATE_PER_SECOND
+@RATE_BURST
 @click.option("--json", "as_json", is_flag=True)
-def clients_create(name: str, scopes: str, allowed: str, as_json: bool) -> None:
+def clients_create(
+    name: str, scopes: str, allowed: str, rate_per_second: float | None,
+    rate_burst: int | None, as_json: bool,
+) -> None:  # fmt: skip
     wanted = _csv(scopes)
     unknown = set(wanted) - set(SCOPES)
     if unknown:
         raise click.BadParameter(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
-    created = _with_config(lambda c: c.create_client(name, wanted, _csv(allowed)))
+    created = _with_config(
+        lambda c: c.create_client(name, wanted, _csv(allowed), rate_per_second, rate_burst)
+    )
     out = {
         "client_id": created.client.client_id,
         "client_secret": created.client_secret,
@@ -221,6 +239,24 @@ def clients_create(name: str, scopes: str, allowed: str, as_json: bool) -> None:
 def clients_list() -> None:
     for client in _with_config(lambda c: c.clients()):
         click.echo(json.dumps(asdict(client)))
+
+
+@clients.command("limit")
+@click.argument("client_id")
+@RATE_PER_SECOND
+@RATE_BURST
+@click.option("--default", "use_default", is_flag=True, help="Use the service-wide default.")
+def clients_limit(
+    client_id: str, rate_per_second: float | None, rate_burst: int | None, use_default: bool
+) -> None:
+    """Set a client's request rate limit; it takes effect within a second."""
+    if use_default == (rate_per_second is not None or rate_burst is not None):
+        raise click.UsageError("give --rate-per-second and/or --burst, or --default")
+    if not _with_config(lambda c: c.set_client_limit(client_id, rate_per_second, rate_burst)):
+        raise click.ClickException(f"no client {client_id}")
+    client = _with_config(lambda c: c.client(client_id))
+    assert client is not None
+    click.echo(json.dumps(asdict(client)))
 
 
 @clients.command("revoke")
@@ -244,14 +280,57 @@ def tokens_issue(client_id: str, ttl_seconds: int | None) -> None:
 
     settings = _settings()
 
-    async def secret_for_client(config: ConfigStore) -> str:
+    async def key_for_client(config: ConfigStore) -> SigningKey:
         client = await config.client(client_id)
         if client is None or client.revoked:
             raise click.ClickException(f"no active client {client_id}")
-        return await prepare_database(database_url(settings), settings)
+        return pinned_key(settings) or (await config.signing_keys())[-1]
 
-    secret = _with_config(secret_for_client)
-    click.echo(issue_token(secret, client_id, ttl_seconds or settings.token_ttl_seconds))
+    key = _with_config(key_for_client)
+    click.echo(issue_token(key, client_id, ttl_seconds or settings.token_ttl_seconds))
+
+
+@main.group()
+def keys() -> None:
+    """Token signing keys: the newest signs, every listed key verifies its own tokens."""
+
+
+def _warn_if_pinned() -> None:
+    if _settings().jwt_secret:
+        click.echo(
+            "warning: GIFTLEDGER_JWT_SECRET is set; servers started with it use that one key"
+            " and ignore the key set below",
+            err=True,
+        )
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key, oldest first (never its secret); the last one signs new tokens."""
+    _warn_if_pinned()
+    listed = _with_config(lambda c: c.signing_keys())
+    for key in listed:
+        created_at = key.created_at.isoformat() if key.created_at else None
+        row = {"kid": key.kid, "created_at": created_at, "signing": key is listed[-1]}
+        click.echo(json.dumps(row))
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Add a key that signs new tokens from now on; tokens of older keys stay valid."""
+    _warn_if_pinned()
+    key = _with_config(lambda c: c.add_signing_key())
+    click.echo(json.dumps({"kid": key.kid}))
+
+
+@keys.command("remove")
+@click.argument("kid")
+def keys_remove(kid: str) -> None:
+    """Remove a key: every token it signed is refused within a second."""
+    _warn_if_pinned()
+    if not _with_config(lambda c: c.remove_signing_key(kid)):
+        raise click.ClickException(f"no key {kid}, or it is the only key (rotate first)")
+    click.echo(f"removed {kid}")
 
 
 @main.group()

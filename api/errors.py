@@ -17,6 +17,7 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
+from api.redaction import redact
 from ledger.errors import ErrorCode, LedgerError
 
 
@@ -102,7 +103,8 @@ def _api_problem(exc: ApiError) -> ProblemDetailsException:
 
 
 def _validation_problem(exc: ValidationException) -> ProblemDetailsException:
-    return _problem(422, "validation_failed", str(exc.detail), errors=exc.extra or [])
+    # Litestar's detail quotes the request path, and card numbers travel in paths.
+    return _problem(422, "validation_failed", redact(str(exc.detail)), errors=exc.extra or [])
 
 
 def _contention_problem(exc: WriteContention) -> ProblemDetailsException:
@@ -119,7 +121,7 @@ def _http_problem(exc: HTTPException) -> ProblemDetailsException:
     code = CODE_BY_HTTP_STATUS.get(exc.status_code, "error")
     return ProblemDetailsException(
         status_code=exc.status_code,
-        detail=exc.detail,
+        detail=redact(exc.detail),
         title=code.replace("_", " "),
         extra={"code": code},
         headers=exc.headers,
@@ -191,7 +193,9 @@ def giftstream_exception_handler(_: Request[Any, Any, Any], exc: Exception) -> R
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
         return response
     if isinstance(exc, HTTPException):
-        return _giftstream_response(exc.status_code, str(exc.detail))
+        response = _giftstream_response(exc.status_code, redact(str(exc.detail)))
+        response.headers.update(exc.headers or {})  # Retry-After on 429, for one.
+        return response
     raise exc
 
 

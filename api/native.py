@@ -17,7 +17,7 @@ from api.errors import ApiError
 from api.giftstream import generated_identifier
 from api.idempotency import idempotent_write, present
 from api.service import CardService, new_hold_id
-from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months
+from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months, mask_card_number
 from ledger.money import AMOUNT_MINOR_MAX
 from projections.audit import AuditReport
 from projections.cards import CardReader, CardView
@@ -193,7 +193,8 @@ async def issue_card(
     origin = await origin_for(config, request.user, data.location_code)
     number = data.number or generated_identifier()
     if data.number is not None and not card_type.matches(number):
-        raise ApiError("no_matching_card_type", 422, f"{number!r} does not fit {card_type.name}")
+        masked = mask_card_number(number)
+        raise ApiError("no_matching_card_type", 422, f"{masked} does not fit {card_type.name}")
     terms = CardTerms(
         card_type=card_type.name,
         currency=card_type.currency,

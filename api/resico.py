@@ -16,7 +16,7 @@ from api.context import DecimalNumberResponse, origin_for, utc_now
 from api.errors import ApiError
 from api.idempotency import SALE_SCOPE_PREFIX, idempotent_write, present
 from api.service import CardService, new_hold_id
-from ledger.card import CardTerms, Origin, add_months
+from ledger.card import CardTerms, Origin, add_months, mask_card_number
 from ledger.money import currency, to_major, to_minor
 from projections.cards import CardReader, CardView
 from projections.config import Client, ConfigStore
@@ -95,7 +95,8 @@ async def sell_card(
     origin = await origin_for(config, client, data.location_code)
     card_type = await config.card_type_for_number(card_id)
     if card_type is None:
-        raise ApiError("no_matching_card_type", 422, f"no card type fits the number {card_id!r}")
+        masked = mask_card_number(card_id)
+        raise ApiError("no_matching_card_type", 422, f"no card type fits the number {masked}")
     amount_minor = _amount_minor(data.amount, card_type.currency)
     terms = CardTerms(
         card_type=card_type.name,

@@ -42,6 +42,7 @@ from ledger.card import (
     Origin,
     card_id_for,
     check_card_number,
+    mask_card_number,
 )
 from ledger.errors import CardAlreadyExists, CardNotFound, LedgerError
 from ledger.money import currency, to_minor
@@ -281,11 +282,11 @@ class CardService:
         leaves the card as it was."""
         if job.create is not None:
             if job.card_id in known or job.card_id in cards:
-                raise CardAlreadyExists(f"card {job.number} already exists")
+                raise CardAlreadyExists(f"card {mask_card_number(job.number)} already exists")
             return job.create()
         card = cards.get(job.card_id) or known.get(job.card_id)
         if card is None:
-            raise CardNotFound(f"card {job.number} does not exist")
+            raise CardNotFound(f"card {mask_card_number(job.number)} does not exist")
         job.command(card)
         return card
 
@@ -403,7 +404,7 @@ class CardService:
         try:
             card: Card = self.ledger.repository.get(card_id_for(number))
         except AggregateNotFoundError:
-            raise CardNotFound(f"card {number} does not exist") from None
+            raise CardNotFound(f"card {mask_card_number(number)} does not exist") from None
         return card
 
     def execute_now(
@@ -434,7 +435,7 @@ class CardService:
                 continue
             return answer
         metrics.WRITE_CONTENTION.inc()
-        raise WriteContention(f"card {number} is busy")
+        raise WriteContention(f"card {mask_card_number(number)} is busy")
 
     def sell_now(self, number: str, ref: int, terms: CardTerms, amount_minor: int,
                  origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
@@ -469,7 +470,7 @@ class CardService:
             replay = _replay(idem, self._stored_answers(idem.keys if idem else ()))
             if replay is not None:
                 return replay
-            raise CardAlreadyExists(f"card {number} already exists") from None
+            raise CardAlreadyExists(f"card {mask_card_number(number)} already exists") from None
         return answer
 
     def _save_alone(self, card: Card, answer: Outcome, idem: IdempotentWrite | None) -> None:
@@ -602,7 +603,8 @@ class CardService:
                 break
             card = domain_event.mutate(card)  # type: ignore[attr-defined]
         if card is None:
-            raise CardNotFound(f"card {number} did not exist at {as_of.isoformat()}")
+            masked = mask_card_number(number)
+            raise CardNotFound(f"card {masked} did not exist at {as_of.isoformat()}")
         return view_of(card)
 
     async def history(

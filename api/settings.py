@@ -16,6 +16,33 @@ DEFAULT_BATCH_LINGER_MS = 2.0
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `per_second` requests on average, up to `burst` at once."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (self.per_second > 0 and self.burst >= 1):
+            raise ValueError(f"a rate limit needs per_second > 0 and burst >= 1, not {self}")
+
+
+# Each is per client (or per address) and per process; see api/limits.py.
+DEFAULT_CLIENT_RATE_LIMIT = RateLimit(per_second=200.0, burst=400)
+# 404s are rare for honest terminals: a mistyped number now and then. Guessing numbers is not.
+DEFAULT_NOT_FOUND_RATE_LIMIT = RateLimit(per_second=0.5, burst=20)
+# Each token request costs a deliberately slow scrypt; this bounds what one address can spend.
+DEFAULT_TOKEN_RATE_LIMIT = RateLimit(per_second=5.0, burst=20)
+
+
+def _rate_limit(env: Mapping[str, str], name: str, default: RateLimit) -> RateLimit:
+    return RateLimit(
+        per_second=float(env.get(f"GIFTLEDGER_RATE_LIMIT{name}_PER_SECOND", default.per_second)),
+        burst=int(env.get(f"GIFTLEDGER_RATE_LIMIT{name}_BURST", default.burst)),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
     data_dir: Path = Path(".giftledger")
@@ -27,6 +54,9 @@ class Settings:
     hold_sweep_interval_seconds: float = DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS
     batch_size_max: int = DEFAULT_BATCH_SIZE_MAX
     batch_linger_ms: float = DEFAULT_BATCH_LINGER_MS
+    client_rate_limit: RateLimit = DEFAULT_CLIENT_RATE_LIMIT
+    not_found_rate_limit: RateLimit = DEFAULT_NOT_FOUND_RATE_LIMIT
+    token_rate_limit: RateLimit = DEFAULT_TOKEN_RATE_LIMIT
     # Start even if PostgreSQL runs with fsync, synchronous_commit or full_page_writes off.
     allow_unsafe_durability: bool = False
     # Seeds the demo location, card types and client on the first start of an embedded database.
@@ -60,6 +90,9 @@ class Settings:
             ),
             batch_size_max=int(env.get("GIFTLEDGER_BATCH_SIZE", DEFAULT_BATCH_SIZE_MAX)),
             batch_linger_ms=float(env.get("GIFTLEDGER_BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS)),
+            client_rate_limit=_rate_limit(env, "", DEFAULT_CLIENT_RATE_LIMIT),
+            not_found_rate_limit=_rate_limit(env, "_NOT_FOUND", DEFAULT_NOT_FOUND_RATE_LIMIT),
+            token_rate_limit=_rate_limit(env, "_TOKEN", DEFAULT_TOKEN_RATE_LIMIT),
             allow_unsafe_durability=env.get("GIFTLEDGER_ALLOW_UNSAFE_DURABILITY", "") == "1",
             seed_demo=url is None,
         )

@@ -31,6 +31,10 @@ from ledger.money import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX
 
 # Card numbers are identifiers chosen by issuers; 256 characters is GiftStream's documented maximum.
 CARD_NUMBER_LENGTH_MAX = 256
+# A card number is a bearer secret: logs and errors show its last 4 characters, like receipts,
+# and only when at least 8 characters stay hidden.
+CARD_NUMBER_SHOWN_CHARS = 4
+CARD_NUMBER_MASKED_LENGTH_MIN = 12
 # Concurrent holds on one card, one per client at most; a bound keeps a card's state small.
 HOLDS_PER_CARD_MAX = 32
 # Card ids are derived from card numbers, so the number alone finds the aggregate.
@@ -102,6 +106,15 @@ def check_card_number(number: str) -> None:
             f"card number must be 1 to {CARD_NUMBER_LENGTH_MAX} printable characters,"
             " without spaces or slashes"
         )
+
+
+def mask_card_number(number: str) -> str:
+    """The number as logs and error messages may show it: only its last 4 characters.
+
+    A number too short to hide all but 4 characters is hidden whole.
+    """
+    shown = CARD_NUMBER_SHOWN_CHARS if len(number) >= CARD_NUMBER_MASKED_LENGTH_MIN else 0
+    return "*" * (len(number) - shown) + number[len(number) - shown :]
 
 
 def check_amount(amount_minor: int, *, allow_zero: bool = False) -> None:

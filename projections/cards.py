@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from ledger.card import Card, CardStatus
+from ledger.card import Card, CardStatus, mask_card_number
 from ledger.errors import CardNotFound
 
 # The projection lag is measured over this many of the newest events.
@@ -144,7 +144,7 @@ class CardReader:
         """The card's view, or the refusal every API answers for an unknown card."""
         view = await self.get(number)
         if view is None:
-            raise CardNotFound(f"card {number} does not exist")
+            raise CardNotFound(f"card {mask_card_number(number)} does not exist")
         return view
 
     async def numbers_past_expiry(self, today: date, limit: int) -> list[str]:

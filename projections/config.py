@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 
@@ -23,6 +24,12 @@ SCOPES = (
 DEFAULT_CLIENT_SCOPES = ("cards:read", "cards:sell", "cards:redeem", "cards:reserve")
 DEFAULT_ALLOWED_CHARS = "0123456789"
 SITE_ID_MAX = 2**31 - 1  # The site_id column is a PostgreSQL integer.
+# HS256 wants a key at least as long as its 256-bit output; 48 random bytes leave margin.
+SIGNING_KEY_BYTES = 48
+SIGNING_KEY_ID_BYTES = 8
+PINNED_KEY_ID_PREFIX = "env-"
+PINNED_KEY_ID_HEX_CHARS = 16
+_SIGNING_KEY_LOCK_KEY = 0x6769667401  # pg_advisory_xact_lock key for creating the first key.
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,9 @@ class Client:
     scopes: tuple[str, ...]
     locations: tuple[str, ...]
     revoked: bool
+    # This client's own request rate limit; None takes the service-wide default.
+    rate_per_second: float | None = None
+    rate_burst: int | None = None
 
     def may_act_at(self, location_code: str | None) -> bool:
         return not self.locations or location_code in self.locations
@@ -69,6 +79,41 @@ class Client:
 class NewClient:
     client: Client
     client_secret: str
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A token signing key: tokens name it by `kid` in their header."""
+
+    kid: str
+    secret: str = field(repr=False)
+    created_at: datetime | None = None
+
+
+def new_signing_key() -> SigningKey:
+    return SigningKey(
+        kid=secrets.token_hex(SIGNING_KEY_ID_BYTES),
+        secret=secrets.token_urlsafe(SIGNING_KEY_BYTES),
+    )
+
+
+def pinned_signing_key(secret: str) -> SigningKey:
+    """The one key GIFTLEDGER_JWT_SECRET pins. Its kid is derived from the secret, so every
+    process pinned to the same secret names it alike, and a changed secret gets another kid."""
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    return SigningKey(kid=PINNED_KEY_ID_PREFIX + digest[:PINNED_KEY_ID_HEX_CHARS], secret=secret)
+
+
+async def ensure_signing_key(conn: asyncpg.Connection) -> None:
+    """Create the first signing key unless there is one; several processes starting together
+    create exactly one."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SIGNING_KEY_LOCK_KEY)
+        if await conn.fetchval("SELECT count(*) FROM signing_keys") == 0:
+            key = new_signing_key()
+            await conn.execute(
+                "INSERT INTO signing_keys (kid, secret) VALUES ($1, $2)", key.kid, key.secret
+            )
 
 
 def hash_secret(secret: str, salt: bytes | None = None) -> str:
@@ -93,6 +138,8 @@ def _client(row: asyncpg.Record) -> Client:
         scopes=tuple(row["scopes"]),
         locations=tuple(row["locations"]),
         revoked=row["revoked_at"] is not None,
+        rate_per_second=row["rate_per_second"],
+        rate_burst=row["rate_burst"],
     )
 
 
@@ -155,8 +202,9 @@ class ConfigStore:
         return max(matching, key=lambda t: len(t.prefix), default=None)
 
     async def create_client(
-        self, name: str, scopes: tuple[str, ...], locations: tuple[str, ...] = ()
-    ) -> NewClient:
+        self, name: str, scopes: tuple[str, ...], locations: tuple[str, ...] = (),
+        rate_per_second: float | None = None, rate_burst: int | None = None,
+    ) -> NewClient:  # fmt: skip
         client = Client(
             client_id=f"cl_{secrets.token_hex(8)}",
             name=name,
@@ -164,15 +212,29 @@ class ConfigStore:
             scopes=scopes,
             locations=locations,
             revoked=False,
+            rate_per_second=rate_per_second,
+            rate_burst=rate_burst,
         )
         secret = secrets.token_urlsafe(32)
         await self._pool.execute(
-            "INSERT INTO clients (client_id, name, secret_hash, consumer_key, scopes, locations)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO clients (client_id, name, secret_hash, consumer_key, scopes, locations,"
+            " rate_per_second, rate_burst) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             client.client_id, name, hash_secret(secret), client.consumer_key,
-            list(scopes), list(locations),
+            list(scopes), list(locations), rate_per_second, rate_burst,
         )  # fmt: skip
         return NewClient(client, secret)
+
+    async def set_client_limit(
+        self, client_id: str, rate_per_second: float | None, rate_burst: int | None
+    ) -> bool:
+        """Set a client's own rate limit; None for both returns it to the default."""
+        status = await self._pool.execute(
+            "UPDATE clients SET rate_per_second = $2, rate_burst = $3 WHERE client_id = $1",
+            client_id,
+            rate_per_second,
+            rate_burst,
+        )
+        return str(status).endswith(" 1")
 
     async def clients(self) -> list[Client]:
         rows = await self._pool.fetch("SELECT * FROM clients ORDER BY created_at, client_id")
@@ -194,6 +256,33 @@ class ConfigStore:
         status = await self._pool.execute(
             "UPDATE clients SET revoked_at = now() WHERE client_id = $1 AND revoked_at IS NULL",
             client_id,
+        )
+        return str(status).endswith(" 1")
+
+    async def signing_keys(self) -> list[SigningKey]:
+        """Every signing key, oldest first: the last one signs new tokens."""
+        rows = await self._pool.fetch(
+            "SELECT kid, secret, created_at FROM signing_keys ORDER BY seq"
+        )
+        return [SigningKey(**dict(r)) for r in rows]
+
+    async def add_signing_key(self) -> SigningKey:
+        """Rotate: a new key signs from now on; the older ones still verify until removed."""
+        key = new_signing_key()
+        created_at = await self._pool.fetchval(
+            "INSERT INTO signing_keys (kid, secret) VALUES ($1, $2) RETURNING created_at",
+            key.kid,
+            key.secret,
+        )
+        return SigningKey(key.kid, key.secret, created_at)
+
+    async def remove_signing_key(self, kid: str) -> bool:
+        """Remove a key, and with it every token it signed; the last key is never removed."""
+        # FOR UPDATE makes two removals at once count each other's deleted row out.
+        status = await self._pool.execute(
+            "DELETE FROM signing_keys WHERE kid = $1"
+            " AND (SELECT count(*) FROM (SELECT 1 FROM signing_keys FOR UPDATE) AS k) > 1",
+            kid,
         )
         return str(status).endswith(" 1")
 

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 
-from ledger.card import Card, card_id_for, check_card_number
+from ledger.card import Card, card_id_for, check_card_number, mask_card_number
 from ledger.errors import CardNotFound
 
 # Events per page of history, at most; the HTTP API and the CLI both page by this.
@@ -58,7 +58,7 @@ def card_history(
     card = _card_at(ledger, card_id, number, after_version)
     events = list(ledger.events.get(card_id, gt=after_version or None, limit=limit))
     if not events and after_version == 0:
-        raise CardNotFound(f"card {number} does not exist")
+        raise CardNotFound(f"card {mask_card_number(number)} does not exist")
     log = _log_rows(ledger, card_id, after_version, after_version + limit)
     entries = []
     for event in events:
@@ -88,7 +88,7 @@ def _card_at(ledger: Application[Any], card_id: UUID, number: str, version: int)
     try:
         card: Card = ledger.repository.get(card_id, version=version)
     except AggregateNotFoundError:
-        raise CardNotFound(f"card {number} does not exist") from None
+        raise CardNotFound(f"card {mask_card_number(number)} does not exist") from None
     return card
 
 

@@ -85,6 +85,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
     """,
     LOG_TABLE_SQL,
+    # Token signing keys, named by kid; the newest signs. The single secret kept before is
+    # dropped: tokens it signed carry no kid and are refused anyway.
+    """
+    CREATE TABLE signing_keys (
+        seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+        kid text PRIMARY KEY,
+        secret text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    DELETE FROM service_settings WHERE key = 'jwt_secret';
+    """,
+    # A client's own rate limit; NULL takes the service-wide default.
+    """
+    ALTER TABLE clients
+        ADD COLUMN rate_per_second double precision CHECK (rate_per_second > 0),
+        ADD COLUMN rate_burst integer CHECK (rate_burst >= 1);
+    """,
 )
 
 _MIGRATION_LOCK_KEY = 0x6769667400  # "gift" in hex, a fixed key for pg_advisory_xact_lock.

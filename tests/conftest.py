@@ -20,10 +20,11 @@ from api.app import create_app
 from api.auth import issue_token
 from api.bootstrap import run_blocking
 from api.settings import Settings
-from projections.config import SCOPES, CardType, ConfigStore
+from projections.config import SCOPES, CardType, ConfigStore, pinned_signing_key
 from projections.database import embedded_url, stop_embedded
 
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
+TEST_SIGNING_KEY = pinned_signing_key(TEST_JWT_SECRET)
 TEST_HOLD_TTL_SECONDS = 900
 
 
@@ -131,7 +132,7 @@ class World:
             created.client.client_id,
             created.client.consumer_key,
             created.client_secret,
-            issue_token(TEST_JWT_SECRET, created.client.client_id, 600),
+            issue_token(TEST_SIGNING_KEY, created.client.client_id, 600),
         )
 
 

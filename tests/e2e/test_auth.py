@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from tests.conftest import TEST_JWT_SECRET
+from tests.conftest import TEST_JWT_SECRET, TEST_SIGNING_KEY
 
 CARD = "1000000000000777"
 
@@ -40,9 +40,10 @@ async def sell_card(http, world) -> None:
 
 def _jwt(secret: str | None, sub: str, expires_in: int, algorithm="HS256", **claims) -> str:
     now = int(time.time())
-    payload = {"sub": sub, "exp": now + expires_in, "iat": now - 7200, "iss": "giftledger",
-               "aud": "giftledger", **claims}  # fmt: skip
-    return jwt.encode(payload, secret, algorithm=algorithm)
+    payload = {"sub": sub, "exp": now + expires_in, "iat": now - 7200, "nbf": now - 7200,
+               "iss": "giftledger", "aud": "giftledger", **claims}  # fmt: skip
+    # Named by the test key's kid, so each case fails for its own reason, not a missing kid.
+    return jwt.encode(payload, secret, algorithm=algorithm, headers={"kid": TEST_SIGNING_KEY.kid})
 
 
 def _bearer(secret: str | None, sub: str, expires_in: int = 600, **options) -> str:

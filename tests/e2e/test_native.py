@@ -111,6 +111,8 @@ async def test_issue_of_a_number_that_does_not_fit_the_type_is_refused(
     body = {"card_type": card_type, "amount_minor": 100, "number": number}
     response = await http.post("/v1/cards", json=body, headers=world.pos.headers)
     assert_problem(response, 422, "no_matching_card_type")
+    assert number not in response.text  # A card number is a bearer secret: masked in errors.
+    assert number[-4:] in response.json()["detail"]
     assert (await http.get(f"/v1/cards/{number}", headers=world.pos.headers)).status_code == 404
 
 
@@ -137,7 +139,9 @@ async def test_issue_at_a_location_the_client_may_not_act_at_is_forbidden(http, 
 async def test_an_unknown_card_is_a_404_problem(http, world):
     response = await http.get("/v1/cards/9999999999999999", headers=world.pos.headers)
     body = assert_problem(response, 404, "card_not_found")
-    assert "9999999999999999" in body["detail"]
+    # The number is a bearer secret: errors show only its last 4 characters.
+    assert "************9999" in body["detail"]
+    assert "9999999999999999" not in response.text
     redeem = await command(
         http, world.pos.headers, "9999999999999999", "redeem", {"amount_minor": 1}
     )
