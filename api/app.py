@@ -24,6 +24,7 @@ from api.limits import AbuseLimitMiddleware, AbuseLimits
 from api.metrics import MetricsController, prometheus_config
 from api.native import native_router
 from api.redaction import install_log_redaction
+from api.replica import ReadRouting, read_your_writes_middleware
 from api.resico import resico_router
 from api.service import CardLedger, CardService, ledger_env
 from api.settings import Settings
@@ -58,7 +59,9 @@ def _from_state(name: str) -> Provide:
     return Provide(provide, sync_to_thread=False)
 
 
-DEPENDENCIES = {name: _from_state(name) for name in ("service", "config", "reader", "settings")}
+DEPENDENCIES = {
+    name: _from_state(name) for name in ("service", "config", "reader", "settings", "routing")
+}
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -70,6 +73,11 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=READ_POOL_SIZE_MAX)
         await check_durability(pool, settings.allow_unsafe_durability)
+        replica = None
+        if settings.read_database_url:
+            replica = await asyncpg.create_pool(
+                settings.read_database_url, min_size=1, max_size=READ_POOL_SIZE_MAX
+            )
         ledger = await anyio.to_thread.run_sync(
             lambda: CardLedger(env=ledger_env(eventsourcing_env(url)))
         )
@@ -85,6 +93,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.update(
             pool=pool, service=service, config=config, reader=reader, settings=settings,
             clients=ClientCache(config), signing_keys=KeyCache(config, pinned_key(settings)),
+            routing=ReadRouting(pool, replica),
         )  # fmt: skip
         sweeper = asyncio.create_task(
             run_sweeper(reader, service, settings.hold_sweep_interval_seconds)
@@ -97,6 +106,8 @@ def create_app(settings: Settings) -> Litestar:
                 await sweeper
             await anyio.to_thread.run_sync(service.close)
             await pool.close()
+            if replica is not None:
+                await replica.close()
             ledger.close()
 
     return Litestar(
@@ -116,7 +127,11 @@ def create_app(settings: Settings) -> Litestar:
         plugins=[problem_details_plugin()],
         # Metrics outermost, so refusals by the limits are counted too. The limits run after
         # authentication (which on_app_init puts first), so they know the client.
-        middleware=[prometheus_config().middleware, AbuseLimitMiddleware(AbuseLimits(settings))],
+        middleware=[
+            prometheus_config().middleware,
+            AbuseLimitMiddleware(AbuseLimits(settings)),
+            read_your_writes_middleware,
+        ],
         request_max_body_size=REQUEST_BODY_BYTES_MAX,
         openapi_config=OpenAPIConfig(
             title="giftledger",

@@ -16,11 +16,12 @@ from api.context import origin_for
 from api.errors import ApiError
 from api.giftstream import generated_identifier
 from api.idempotency import idempotent_write, present
+from api.replica import ReadRouting
 from api.service import CardService, new_hold_id
 from ledger.card import CARD_NUMBER_LENGTH_MAX, CardTerms, add_months, mask_card_number
 from ledger.money import AMOUNT_MINOR_MAX
 from projections.audit import AuditReport
-from projections.cards import CardReader, CardView
+from projections.cards import CardView
 from projections.config import Client, ConfigStore
 from projections.history import HISTORY_PAGE_SIZE_MAX, HistoryEntry
 
@@ -214,7 +215,7 @@ async def issue_card(
 
 @get("/cards/{number:str}", guards=[requires("cards:read")])
 async def get_card(
-    number: str, request: Request[Client, Any, Any], reader: CardReader, service: CardService,
+    number: str, request: Request[Client, Any, Any], routing: ReadRouting, service: CardService,
     as_of: datetime | None = None,
 ) -> Card:  # fmt: skip
     """The card with its balance, reserved and available amounts, and holds.
@@ -227,6 +228,7 @@ async def get_card(
         if as_of.tzinfo is None:
             raise ApiError("validation_failed", 422, "as_of needs a time zone, e.g. Z")
         return native_card(await service.card_as_of(number, as_of))
+    reader = await routing.reader(request)
     return native_card(await reader.require(number))
 
 

@@ -15,10 +15,11 @@ from api.auth import requires
 from api.context import DecimalNumberResponse, origin_for, utc_now
 from api.errors import ApiError
 from api.idempotency import SALE_SCOPE_PREFIX, idempotent_write, present
+from api.replica import ReadRouting
 from api.service import CardService, new_hold_id
 from ledger.card import CardTerms, Origin, add_months, mask_card_number
 from ledger.money import currency, to_major, to_minor
-from projections.cards import CardReader, CardView
+from projections.cards import CardView
 from projections.config import Client, ConfigStore
 
 TRANSACTION_NO_LENGTH_MAX = 8
@@ -80,8 +81,11 @@ def _amount_minor(amount: Decimal, view_currency: str) -> int:
 
 
 @get("/cards/{card_id:str}", guards=[requires("cards:read")])
-async def get_card(card_id: str, reader: CardReader) -> ResicoCard:
+async def get_card(
+    card_id: str, request: Request[Client, Any, Any], routing: ReadRouting
+) -> ResicoCard:
     """Get card info."""
+    reader = await routing.reader(request)
     return resico_card(await reader.require(card_id))
 
 

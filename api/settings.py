@@ -45,6 +45,8 @@ def _rate_limit(env: Mapping[str, str], name: str, default: RateLimit) -> RateLi
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    # A streaming replica for card reads (read-your-writes is kept for the writing client).
+    read_database_url: str | None = None
     data_dir: Path = Path(".giftledger")
     hold_ttl_seconds: int = DEFAULT_HOLD_TTL_SECONDS
     token_ttl_seconds: int = DEFAULT_TOKEN_TTL_SECONDS
@@ -73,6 +75,7 @@ class Settings:
         currencies = env.get("GIFTLEDGER_GIFTSTREAM_CURRENCIES")
         return cls(
             database_url=url,
+            read_database_url=env.get("GIFTLEDGER_READ_DATABASE_URL") or None,
             data_dir=Path(env.get("GIFTLEDGER_DATA_DIR", ".giftledger")),
             hold_ttl_seconds=int(env.get("GIFTLEDGER_HOLD_TTL_SECONDS", DEFAULT_HOLD_TTL_SECONDS)),
             token_ttl_seconds=int(
