@@ -20,6 +20,7 @@ from api.bootstrap import database_url, prepare_database, run_blocking
 from api.errors import problem_details_plugin
 from api.giftstream import giftstream_router
 from api.native import native_router
+from api.reconcile import reconcile_router
 from api.reports import reports_router
 from api.resico import resico_router
 from api.service import CardLedger, CardService, ledger_env
@@ -101,6 +102,7 @@ def create_app(settings: Settings) -> Litestar:
             giftstream_router(DEPENDENCIES),
             native_router(DEPENDENCIES),
             reports_router(),
+            reconcile_router(),
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth(jwt_secret).on_app_init],

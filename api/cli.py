@@ -15,6 +15,7 @@ import asyncpg
 import click
 
 from api.bootstrap import database_url, prepare_database, seed_demo
+from api.cli_reconcile import reconcile_command
 from api.settings import Settings
 from ledger.errors import LedgerError
 from projections.config import (
@@ -59,6 +60,9 @@ def _csv(value: str | None) -> tuple[str, ...]:
 @click.group()
 def main() -> None:
     """giftledger: an event-sourced gift-card ledger."""
+
+
+main.add_command(reconcile_command)
 
 
 @main.command()
