@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/giftledger serve --host 127.0.0.1 --port 8080
 
+# The /reports page is tested in a real headless chromium (tests/integration/test_reports_page.py).
 test: $(STAMP)
+	command -v chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

@@ -23,8 +23,10 @@ from api.health import check_durability, live, ready
 from api.limits import AbuseLimitMiddleware, AbuseLimits
 from api.metrics import MetricsController, prometheus_config
 from api.native import native_router
+from api.reconcile import reconcile_router
 from api.redaction import install_log_redaction
 from api.replica import ReadRouting, read_your_writes_middleware
+from api.reports import reports_router
 from api.resico import resico_router
 from api.service import CardLedger, CardService, ledger_env
 from api.settings import Settings
@@ -121,6 +123,8 @@ def create_app(settings: Settings) -> Litestar:
             resico_router(DEPENDENCIES),
             giftstream_router(DEPENDENCIES),
             native_router(DEPENDENCIES),
+            reports_router(),
+            reconcile_router(),
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth().on_app_init],

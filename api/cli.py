@@ -16,6 +16,7 @@ import click
 
 from api import cli_audit, cli_ops
 from api.bootstrap import database_url, pinned_key, prepare_database, seed_demo
+from api.cli_reconcile import reconcile_command
 from api.settings import Settings
 from ledger.errors import LedgerError
 from projections.config import (
@@ -61,6 +62,9 @@ def _csv(value: str | None) -> tuple[str, ...]:
 @click.group()
 def main() -> None:
     """giftledger: an event-sourced gift-card ledger."""
+
+
+main.add_command(reconcile_command)
 
 
 @main.command()

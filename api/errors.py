@@ -19,6 +19,7 @@ from litestar.plugins.problem_details import (
 
 from api.redaction import redact
 from ledger.errors import ErrorCode, LedgerError
+from projections.reports import ReportRefused
 
 
 class WriteContention(Exception):
@@ -107,6 +108,10 @@ def _validation_problem(exc: ValidationException) -> ProblemDetailsException:
     return _problem(422, "validation_failed", redact(str(exc.detail)), errors=exc.extra or [])
 
 
+def _report_problem(exc: ReportRefused) -> ProblemDetailsException:
+    return _problem(422, exc.code, exc.detail)
+
+
 def _contention_problem(exc: WriteContention) -> ProblemDetailsException:
     return _problem(
         503, "card_busy", str(exc), headers={"Retry-After": str(exc.retry_after_seconds)}
@@ -136,6 +141,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 ValidationException: _validation_problem,
                 LedgerError: _ledger_problem,
                 ApiError: _api_problem,
+                ReportRefused: _report_problem,
                 WriteContention: _contention_problem,
                 IdempotencyKeyReused: _idempotency_problem,
             }
