@@ -18,6 +18,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from api.auth import ClientCache, jwt_auth, token_endpoint
 from api.bootstrap import database_url, prepare_database, run_blocking
 from api.errors import problem_details_plugin
+from api.exports import exports_router
 from api.giftstream import giftstream_router
 from api.native import native_router
 from api.resico import resico_router
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> Litestar:
             resico_router(DEPENDENCIES),
             giftstream_router(DEPENDENCIES),
             native_router(DEPENDENCIES),
+            exports_router(DEPENDENCIES),
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth(jwt_secret).on_app_init],
