@@ -15,6 +15,7 @@ import asyncpg
 import click
 
 from api.bootstrap import database_url, prepare_database, seed_demo
+from api.cli_finance import export_command
 from api.settings import Settings
 from ledger.errors import LedgerError
 from projections.config import (
@@ -273,3 +274,6 @@ def projections_rebuild() -> None:
     finally:
         ledger.close()
     click.echo(f"rebuilt {cards} cards from {events} events")
+
+
+main.add_command(export_command)

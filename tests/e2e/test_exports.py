@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from tests.integration.test_cli import giftledger
+
 FIXED = "1000000000000001"  # fixed16, EUR: reservations.
 DYNAMIC = "5000000000000000001"  # dynamic19, EUR: loadable.
 GOLD = "7700000000000001"  # gold, GBP.
@@ -331,3 +333,38 @@ async def test_parquet_without_pyarrow_is_refused_with_its_own_code(http, world,
     csv_export = await http.get(EXPORT, params=period(), headers=world.finance.headers)
     assert csv_export.status_code == 200
 
+
+# The command line.
+
+
+async def test_cli_export_writes_the_file_and_its_manifest(http, world, database_url, tmp_path):
+    await history(http, world)
+    output = tmp_path / "postings.csv"
+    done = await giftledger(
+        database_url, "export", "--from", FAR_PAST.isoformat(), "--to", FAR_FUTURE.isoformat(),
+        "--format", "csv", "--kind", "postings", "--output", str(output),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    over_http = await export(http, world, format="csv", kind="postings")
+    assert output.read_text() == over_http.text
+    manifest = json.loads((tmp_path / "postings.csv.manifest.json").read_text())
+    params = period(kind="postings", through_position=over_http.headers[THROUGH])
+    assert (
+        manifest == (await http.get(MANIFEST, params=params, headers=world.finance.headers)).json()
+    )
+    assert manifest["rows"] == len(csv_rows(over_http)) == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "postings.csv",
+        "postings.csv.manifest.json",
+    ]
+    assert "events" in done.stderr
+    assert str(output) in done.stdout
+
+
+async def test_cli_export_refuses_a_period_without_a_time_zone(world, database_url, tmp_path):
+    output = tmp_path / "x.csv"
+    done = await giftledger(database_url, "export", "--from", "2026-01-01T00:00:00",
+                            "--to", "2026-02-01T00:00:00Z", "--output", str(output))  # fmt: skip
+    assert done.returncode == 2
+    assert "time zone" in done.stderr
+    assert not output.exists()
