@@ -324,17 +324,18 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-async def _csv_chunks(export: LedgerExport) -> AsyncIterator[bytes]:
+def _csv_text(rows: list[Any]) -> bytes:
+    # A fresh StringIO per chunk: one that is truncated and reused keeps a 4-byte-per-character
+    # buffer as large as its largest chunk.
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(export.columns)
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode()
+
+
+async def _csv_chunks(export: LedgerExport) -> AsyncIterator[bytes]:
+    yield _csv_text([export.columns])  # An empty period still gets its column names.
     async for batch in export.batches(EXPORT_CHUNK_ROWS):
-        writer.writerows([_csv_value(v) for v in msgspec.structs.astuple(row)] for row in batch)
-        yield buffer.getvalue().encode()
-        buffer.seek(0)
-        buffer.truncate()
-    if buffer.tell():  # Only the header: an empty period still gets its column names.
-        yield buffer.getvalue().encode()
+        yield _csv_text([[_csv_value(v) for v in msgspec.structs.astuple(r)] for r in batch])
 
 
 async def _jsonl_chunks(export: LedgerExport) -> AsyncIterator[bytes]:
