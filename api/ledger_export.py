@@ -231,7 +231,15 @@ class Tally:
                 sums[2] += row.credit_minor
 
     def manifest(self, spec: ExportSpec) -> Manifest:
-        events = spec.kind is ExportKind.EVENTS
+        event_sums = posting_sums = None
+        if spec.kind is ExportKind.EVENTS:
+            event_sums = [
+                EventSum(c, t, n, a) for (c, t), (n, a) in sorted(self.event_sums.items())
+            ]
+        else:
+            posting_sums = [
+                PostingSum(c, m, n, d, k) for (c, m), (n, d, k) in sorted(self.posting_sums.items())
+            ]
         return Manifest(
             kind=spec.kind.value,
             format=spec.format.value,
@@ -243,14 +251,8 @@ class Tally:
             first_position=self.first_position,
             last_position=self.last.position if self.last else None,
             last_chain_hash=self.last.chain_hash.hex() if self.last else None,
-            event_sums=[EventSum(c, t, n, a) for (c, t), (n, a) in sorted(self.event_sums.items())]
-            if events
-            else None,
-            posting_sums=None
-            if events
-            else [
-                PostingSum(c, m, n, d, k) for (c, m), (n, d, k) in sorted(self.posting_sums.items())
-            ],
+            event_sums=event_sums,
+            posting_sums=posting_sums,
         )
 
 
