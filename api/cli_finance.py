@@ -75,6 +75,9 @@ async def write_export(url: str, decode: Decode, query: ExportQuery, output: Pat
             async for chunk in export.chunks():
                 sink.write(chunk)
                 bar.update(export.tally.events - bar.pos)
+    except BaseException:
+        _partial(output).unlink(missing_ok=True)  # Half an export is no export.
+        raise
     finally:
         await pool.close()
     manifest = export.manifest()

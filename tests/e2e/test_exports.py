@@ -368,3 +368,20 @@ async def test_cli_export_refuses_a_period_without_a_time_zone(world, database_u
     assert done.returncode == 2
     assert "time zone" in done.stderr
     assert not output.exists()
+
+
+async def test_cli_export_of_an_empty_period_writes_the_header_and_a_manifest_of_nothing(
+    world, database_url, tmp_path
+):
+    output = tmp_path / "nothing.jsonl"
+    done = await giftledger(
+        database_url, "export", "--from", "2001-01-01T00:00:00Z", "--to", "2001-01-02T00:00:00Z",
+        "--format", "jsonl", "--output", str(output),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(output.with_name("nothing.jsonl.manifest.json").read_text())
+    assert [json.loads(line) for line in output.read_text().splitlines()] == [
+        {"manifest": manifest}
+    ]
+    assert (manifest["events"], manifest["rows"], manifest["last_chain_hash"]) == (0, 0, None)
+    assert manifest["event_sums"] == []
