@@ -18,6 +18,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from api.auth import ClientCache, KeyCache, jwt_auth, token_endpoint
 from api.bootstrap import database_url, pinned_key, prepare_database, run_blocking
 from api.errors import problem_details_plugin
+from api.exports import exports_router
 from api.giftstream import giftstream_router
 from api.health import check_durability, live, ready
 from api.limits import AbuseLimitMiddleware, AbuseLimits
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> Litestar:
             native_router(DEPENDENCIES),
             reports_router(),
             reconcile_router(),
+            exports_router(DEPENDENCIES),
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth().on_app_init],

@@ -16,6 +16,7 @@ import click
 
 from api import cli_audit, cli_ops
 from api.bootstrap import database_url, pinned_key, prepare_database, seed_demo
+from api.cli_finance import export_command
 from api.cli_reconcile import reconcile_command
 from api.settings import Settings
 from ledger.errors import LedgerError
@@ -362,3 +363,4 @@ def projections_rebuild() -> None:
 main.add_command(cli_audit.history)
 main.add_command(cli_audit.audit)
 main.add_command(cli_ops.migrate_command)
+main.add_command(export_command)

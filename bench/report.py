@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.export import EXPORT_PEAK_MIB_MAX, ExportResult
 from bench.load import FLOOR, PAY, WRK_CONNECTIONS, WRK_DURATION_SECONDS, WRK_THREADS, Measurement
 from bench.rebuild import RebuildResult
 
@@ -94,8 +95,9 @@ def table(measurements: list[Measurement]) -> list[str]:
 
 
 def targets(
-    measurements: list[Measurement], checks: list[LedgerCheck], rebuilt: RebuildResult
-) -> list[Target]:
+    measurements: list[Measurement], checks: list[LedgerCheck], rebuilt: RebuildResult,
+    exported: ExportResult,
+) -> list[Target]:  # fmt: skip
     pays = [m for m in measurements if m.scenario == PAY.name]
     found: list[Target] = []
     for pay in pays:
@@ -124,6 +126,11 @@ def targets(
             "rebuild peak memory < 500 MiB",
             f"{rebuilt.peak_rss_mib:.0f} MiB",
             rebuilt.peak_rss_mib < REBUILD_PEAK_MIB_MAX,
+        ),
+        Target(
+            f"export {exported.rows:,} rows peak memory < {EXPORT_PEAK_MIB_MAX:.0f} MiB",
+            f"{exported.peak_rss_mib:.0f} MiB",
+            exported.met,
         ),
     ]
 
@@ -154,7 +161,7 @@ def write_results(lines: list[str]) -> None:
 
 def results_document(
     measurements: list[Measurement], checks: list[LedgerCheck], rebuilt: RebuildResult,
-    info: RunInfo,
+    exported: ExportResult, info: RunInfo,
 ) -> list[str]:  # fmt: skip
     return [
         "# Benchmark results (`make bench`)",
@@ -169,10 +176,11 @@ def results_document(
         "",
         *table(measurements),
         "",
-        *target_rows(targets(measurements, checks, rebuilt)),
+        *target_rows(targets(measurements, checks, rebuilt, exported)),
         "",
         *[f"- {c.line()}" for c in checks],
         f"- Rebuild: {rebuilt.events:,} events generated in {rebuilt.generate_seconds:.1f} s;"
         f" `giftledger projections rebuild` took {rebuilt.rebuild_seconds:.1f} s with peak RSS"
         f" {rebuilt.peak_rss_mib:.0f} MiB ({rebuilt.output}).",
+        f"- {exported.line()}",
     ]

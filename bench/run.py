@@ -1,4 +1,5 @@
-"""`make bench`: the real service under wrk at 1 and 2 workers, ledger checks, and a rebuild.
+"""`make bench`: the real service under wrk at 1 and 2 workers, ledger checks, a rebuild and an
+export of 1,000,000 events.
 
 Not part of `make test`. Uses GIFTLEDGER_BENCH_DATABASE_URL, else this machine's PostgreSQL at
 127.0.0.1:5432, else an embedded one; a fresh database is created for the run and dropped.
@@ -21,6 +22,7 @@ from bench.database import (
     settled_redeemed_minor,
     stop_server,
 )
+from bench.export import ExportResult, measure_export
 from bench.load import FLOOR, PAY, SCENARIOS, Measurement, run_wrk
 from bench.rebuild import REBUILD_EVENTS, RebuildResult, measure_rebuild
 from bench.seed import Seeded, bench_settings, seed
@@ -89,21 +91,24 @@ def http_runs(url: str) -> tuple[list[Measurement], list[report.LedgerCheck], st
     return measurements, checks, " and ".join(sorted(set(paths)))
 
 
-def rebuild_run(server: Server) -> RebuildResult:
+def rebuild_run(server: Server) -> tuple[RebuildResult, ExportResult]:
+    """Generate 1,000,000 events, time their rebuild, then export them all (same database)."""
     with fresh_database(server.url, "_rebuild") as url:
         asyncio.run(prepare_database(url, bench_settings(url)))
         say(f"\ngenerating {REBUILD_EVENTS:,} events for the rebuild (fresh database) ...")
         rebuilt = measure_rebuild(url)
-    say(f"  generated in {rebuilt.generate_seconds:.1f} s; {rebuilt.output}")
-    say(f"  rebuild: {rebuilt.rebuild_seconds:.1f} s, peak RSS {rebuilt.peak_rss_mib:.0f} MiB")
-    return rebuilt
+        say(f"  generated in {rebuilt.generate_seconds:.1f} s; {rebuilt.output}")
+        say(f"  rebuild: {rebuilt.rebuild_seconds:.1f} s, peak RSS {rebuilt.peak_rss_mib:.0f} MiB")
+        exported = measure_export(url)
+    say(f"  {exported.line()}")
+    return rebuilt, exported
 
 
 def summarize(
     measurements: list[Measurement], checks: list[report.LedgerCheck], rebuilt: RebuildResult,
-    info: report.RunInfo,
+    exported: ExportResult, info: report.RunInfo,
 ) -> None:  # fmt: skip
-    lines = report.results_document(measurements, checks, rebuilt, info)
+    lines = report.results_document(measurements, checks, rebuilt, exported, info)
     report.write_results(lines)
     say("\n" + "\n".join(lines[2:]))
     say(f"\n(written to {report.RESULTS_FILE})")
@@ -122,10 +127,11 @@ def main() -> int:
         say(f"1-minute load average before the run: {load_before} (should be near 0)")
         with fresh_database(server.url) as url:
             measurements, checks, path = http_runs(url)
-        rebuilt = rebuild_run(server)
+        rebuilt, exported = rebuild_run(server)
     finally:
         stop_server(server)
-    summarize(measurements, checks, rebuilt, report.RunInfo(postgres, path, load_before))
+    info = report.RunInfo(postgres, path, load_before)
+    summarize(measurements, checks, rebuilt, exported, info)
     say(f"bench took {time.monotonic() - started:.0f} s")
     # Performance targets are reported; only a ledger check failing (lost or duplicated
     # events) makes the run fail.

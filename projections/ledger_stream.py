@@ -30,8 +30,16 @@ _STREAM_SQL = f"""
     JOIN card_views v ON v.card_id = l.card_id
     WHERE ($1::timestamptz IS NULL OR l.occurred_at >= $1)
       AND ($2::timestamptz IS NULL OR l.occurred_at < $2)
+      AND ($3::bigint IS NULL OR l.position <= $3)
     ORDER BY l.position
 """  # noqa: S608 - a constant table name.
+_HEAD_SQL = "SELECT coalesce(max(position), 0) FROM ledger_log"
+_COUNT_SQL = """
+    SELECT count(*) FROM ledger_log l
+    WHERE ($1::timestamptz IS NULL OR l.occurred_at >= $1)
+      AND ($2::timestamptz IS NULL OR l.occurred_at < $2)
+      AND ($3::bigint IS NULL OR l.position <= $3)
+"""
 
 
 @dataclass(frozen=True)
@@ -67,14 +75,20 @@ async def stream_ledger(
     decode: Decode,
     occurred_from: datetime | None = None,
     occurred_to: datetime | None = None,
+    through_position: int | None = None,
 ) -> AsyncIterator[LoggedEvent]:
     """Events that occurred in [occurred_from, occurred_to), in log order.
 
     `decode` turns a stored event into its domain event: the ledger application's
     `mapper.to_domain_event`, which knows the card's transcodings and upcasters.
+    With `through_position` (e.g. a `head_position` read earlier), only events at or before
+    that position: the same call then yields the same events however much was written since.
     """
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        cursor = conn.cursor(_STREAM_SQL, occurred_from, occurred_to, prefetch=STREAM_PREFETCH_ROWS)
+        cursor = conn.cursor(
+            _STREAM_SQL, occurred_from, occurred_to, through_position,
+            prefetch=STREAM_PREFETCH_ROWS,
+        )  # fmt: skip
         async for row in cursor:
             stored = StoredEvent(row["card_id"], row["version"], row["topic"], bytes(row["state"]))
             yield LoggedEvent(
@@ -92,3 +106,23 @@ async def stream_ledger(
                 card_hash=bytes(row["card_hash"]),
                 chain_hash=bytes(row["chain_hash"]),
             )
+
+
+async def head_position(pool: asyncpg.Pool) -> int:
+    """The position of the newest event in the log, 0 when it is empty.
+
+    Writers append under the event table's lock and positions are taken in commit order, so once
+    this position is visible every event before it is too: "through this position" names a set
+    of events that no later commit changes.
+    """
+    return int(await pool.fetchval(_HEAD_SQL))
+
+
+async def count_ledger(
+    pool: asyncpg.Pool,
+    occurred_from: datetime | None = None,
+    occurred_to: datetime | None = None,
+    through_position: int | None = None,
+) -> int:
+    """How many events `stream_ledger` yields for the same bounds (e.g. for a progress bar)."""
+    return int(await pool.fetchval(_COUNT_SQL, occurred_from, occurred_to, through_position))
