@@ -139,6 +139,17 @@ async def test_a_hand_built_token_with_valid_claims_is_accepted(http, world):
     assert response.json()["number"] == CARD
 
 
+async def test_a_token_accepted_before_is_refused_once_it_expires(http, world):
+    """Verified tokens are remembered to save CPU; expiry must still apply to them."""
+    await sell(http, world)
+    token = forge(header(), claims(world.pos.client_id, exp=int(time.time()) + 2), SECRET)
+    assert (await read_card(http, token)).status_code == 200
+    assert (await read_card(http, token)).status_code == 200
+    await asyncio.sleep(max(0.0, jwt.decode(token, options={"verify_signature": False})["exp"]
+                            - time.time()) + 0.2)  # fmt: skip
+    assert (await read_card(http, token)).status_code == 401
+
+
 @pytest.mark.parametrize("kind", FORGERIES)
 async def test_forged_or_invalid_tokens_get_401(http, world, kind):
     await sell(http, world)
