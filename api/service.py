@@ -335,7 +335,9 @@ class CardService:
             cards[card_id] = self._decode(row).mutate(cards.get(card_id))
 
     def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+        """One read in autocommit: a single round trip, no BEGIN and ROLLBACK around it."""
+        datastore: Any = self.ledger.recorder.datastore  # type: ignore[attr-defined]
+        with datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(sql, params)
             return list(curs.fetchall())
 
@@ -501,7 +503,8 @@ class CardService:
     ) -> dict[tuple[str, str], dict[str, Any]]:
         if not keys:
             return {}
-        with self.ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+        datastore: Any = self.ledger.recorder.datastore  # type: ignore[attr-defined]
+        with datastore.get_connection() as conn, conn.cursor() as curs:
             return select_stored(curs, list(keys))
 
     def _landed(self, probe: Any) -> bool:

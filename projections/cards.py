@@ -84,14 +84,19 @@ CARD_COLUMN_NAMES = (
     "location_code", "locked_site_id", "expires_on", "presentation", "version",
 )  # fmt: skip
 _CARD_COLUMNS = ", ".join(CARD_COLUMN_NAMES)
-UPSERT_CARD_SQL = (
-    f"INSERT INTO card_views ({_CARD_COLUMNS}) VALUES"  # noqa: S608 - constant column list.
-    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (card_id) DO UPDATE SET balance_minor = EXCLUDED.balance_minor,"
+# One statement for a whole batch of cards: each column is sent as one array.
+_CARD_COLUMN_TYPES = (
+    "uuid", "text", "bigint", "text", "text", "bigint", "bigint", "bigint", "text", "boolean",
+    "boolean", "boolean", "text", "integer", "date", "integer", "integer",
+)  # fmt: skip
+UPSERT_CARDS_SQL = (
+    f"INSERT INTO card_views ({_CARD_COLUMNS}) SELECT * FROM unnest("  # noqa: S608
+    + ", ".join(f"%s::{t}[]" for t in _CARD_COLUMN_TYPES)
+    + ") ON CONFLICT (card_id) DO UPDATE SET balance_minor = EXCLUDED.balance_minor,"
     " reserved_minor = EXCLUDED.reserved_minor, status = EXCLUDED.status,"
     " version = EXCLUDED.version"
 )
-DELETE_HOLDS_SQL = "DELETE FROM card_holds WHERE card_id = %s"
+DELETE_HOLDS_SQL = "DELETE FROM card_holds WHERE card_id = ANY(%s::uuid[])"
 INSERT_HOLD_SQL = (
     "INSERT INTO card_holds (hold_id, card_id, client_id, amount_minor, expires_at)"
     " VALUES (%s, %s, %s, %s, %s)"

@@ -41,14 +41,15 @@ LOG_TABLE_SQL = """
     CREATE INDEX ledger_log_reference ON ledger_log (reference) WHERE reference IS NOT NULL;
 """
 
-_PREVIOUS_CARD_HASHES_SQL = (
-    "SELECT card_id, card_hash FROM ledger_log"
+_PREVIOUS_HASHES_SQL = (
+    "SELECT card_id, card_hash AS hash FROM ledger_log"
     " WHERE (card_id, version) IN (SELECT * FROM unnest(%s::uuid[], %s::bigint[]))"
+    " UNION ALL (SELECT NULL, chain_hash FROM ledger_log ORDER BY position DESC LIMIT 1)"
 )
-_LAST_CHAIN_HASH_SQL = "SELECT chain_hash FROM ledger_log ORDER BY position DESC LIMIT 1"
 _INSERT_SQL = (
     "INSERT INTO ledger_log (position, card_id, version, occurred_at, idempotency_key,"
-    " reference, card_hash, chain_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " reference, card_hash, chain_hash) SELECT * FROM unnest(%s::bigint[], %s::uuid[],"
+    " %s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::bytea[], %s::bytea[])"
 )
 # Rows per round trip while adopting a log written before the chain existed.
 ADOPT_BATCH_ROWS = 5_000
@@ -83,13 +84,15 @@ def write_log(
     for _, stored in placed:
         firsts.setdefault(_uuid(stored.originator_id), stored.originator_version)
     wanted = [(card_id, version - 1) for card_id, version in firsts.items() if version > 1]
+    # One round trip: the previous hash of each card that has one, and the log's last hash.
+    curs.execute(_PREVIOUS_HASHES_SQL, ([c for c, _ in wanted], [v for _, v in wanted]))
     previous: dict[UUID, bytes] = {}
-    if wanted:
-        curs.execute(_PREVIOUS_CARD_HASHES_SQL, ([c for c, _ in wanted], [v for _, v in wanted]))
-        previous = {row["card_id"]: bytes(row["card_hash"]) for row in curs.fetchall()}
-    curs.execute(_LAST_CHAIN_HASH_SQL)
-    last = curs.fetchone()
-    chain = bytes(last["chain_hash"]) if last else GENESIS_HASH
+    chain = GENESIS_HASH
+    for row in curs.fetchall():
+        if row["card_id"] is None:
+            chain = bytes(row["hash"])
+        else:
+            previous[row["card_id"]] = bytes(row["hash"])
     rows: list[tuple[Any, ...]] = []
     for position, stored in placed:
         card_id = _uuid(stored.originator_id)
@@ -101,7 +104,7 @@ def write_log(
         idempotency_key, reference = event_keys.get((card_id, version), (None, None))
         rows.append((position, card_id, version, occurred_at_of(stored.state), idempotency_key,
                      reference, own, chain))  # fmt: skip
-    curs.executemany(_INSERT_SQL, rows)
+    curs.execute(_INSERT_SQL, [list(column) for column in zip(*rows, strict=True)])
 
 
 def adopt_unchained_log(curs: Cursor[DictRow], events_table: str) -> int:

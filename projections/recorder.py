@@ -20,7 +20,7 @@ from psycopg.rows import DictRow
 from projections.cards import (
     DELETE_HOLDS_SQL,
     INSERT_HOLD_SQL,
-    UPSERT_CARD_SQL,
+    UPSERT_CARDS_SQL,
     CardView,
     card_row,
     hold_rows,
@@ -64,8 +64,9 @@ def write_card_views(curs: Cursor[DictRow], views: Sequence[CardView]) -> None:
     ordered = sorted(views, key=lambda v: v.card_id)
     if not ordered:
         return
-    curs.executemany(UPSERT_CARD_SQL, [card_row(v) for v in ordered])
-    curs.executemany(DELETE_HOLDS_SQL, [(v.card_id,) for v in ordered])
+    rows = [card_row(v) for v in ordered]
+    curs.execute(UPSERT_CARDS_SQL, [list(column) for column in zip(*rows, strict=True)])
+    curs.execute(DELETE_HOLDS_SQL, ([v.card_id for v in ordered],))
     holds = hold_rows(ordered)
     if holds:
         curs.executemany(INSERT_HOLD_SQL, holds)
