@@ -125,4 +125,6 @@ def logging_dict(settings: Settings) -> dict[str, Any]:
 
 
 def litestar_logging_config(settings: Settings) -> LoggingConfig:
-    return LoggingConfig(**_logging_parts(settings))
+    # The standard library's logging even where picologging is installed: the redaction hook
+    # and the handler classes above are the standard library's.
+    return LoggingConfig(logging_module="logging", **_logging_parts(settings))
