@@ -22,16 +22,19 @@ from api.exports import exports_router
 from api.giftstream import giftstream_router
 from api.health import check_durability, live, ready
 from api.limits import AbuseLimitMiddleware, AbuseLimits
+from api.logs import litestar_logging_config
 from api.metrics import MetricsController, prometheus_config
 from api.native import native_router
 from api.reconcile import reconcile_router
 from api.redaction import install_log_redaction
 from api.replica import ReadRouting, read_your_writes_middleware
 from api.reports import reports_router
+from api.request_context import RequestContextMiddleware
 from api.resico import resico_router
 from api.service import CardLedger, CardService, ledger_env
 from api.settings import Settings
 from api.sweeper import run_sweeper
+from api.tracing import name_server_span, tracing_plugin
 from projections.cards import CardReader
 from projections.config import ConfigStore
 from projections.database import eventsourcing_env
@@ -113,7 +116,7 @@ def create_app(settings: Settings) -> Litestar:
                 await replica.close()
             ledger.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             live,
@@ -130,7 +133,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth().on_app_init],
-        plugins=[problem_details_plugin()],
+        plugins=[problem_details_plugin(), *([tracing_plugin()] if settings.otel_enabled else [])],
+        logging_config=litestar_logging_config(settings),
         # Metrics outermost, so refusals by the limits are counted too. The limits run after
         # authentication (which on_app_init puts first), so they know the client.
         middleware=[
@@ -146,6 +150,11 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
         ),
     )
+    # Around everything Litestar does, so even a path no route matches gets its request id.
+    app.asgi_handler = RequestContextMiddleware(
+        app.asgi_handler, name_server_span if settings.otel_enabled else None
+    )
+    return app
 
 
 def app_from_env() -> Litestar:

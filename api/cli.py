@@ -77,7 +77,20 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     """Serve the HTTP API (embedded PostgreSQL when GIFTLEDGER_DATABASE_URL is unset)."""
     import uvicorn
 
+    from api.logs import logging_dict
+    from api.tracing import TracingUnavailableError, check_tracing_available
+
     settings = _settings()
+    if settings.otel_enabled:
+        try:
+            check_tracing_available()
+        except TracingUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+    if not access_log:
+        # The workers read their settings from the environment; our access log replaces
+        # uvicorn's, so the flag reaches it this way.
+        os.environ["GIFTLEDGER_ACCESS_LOG"] = "0"
+        settings = _settings()
     url = database_url(settings)
     asyncio.run(prepare_database(url, settings))
     demo = asyncio.run(seed_demo(url, settings.data_dir)) if settings.seed_demo else None
@@ -92,7 +105,10 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
         host=host,
         port=port,
         workers=workers,
-        access_log=access_log,
+        # uvicorn configures logging in this process and in each worker with this dictionary,
+        # so its own lines come out in the service's format too.
+        log_config=logging_dict(settings),
+        access_log=False,
     )
 
 

@@ -13,8 +13,11 @@ from typing import Any
 
 from ledger.card import mask_card_number
 
-# The path segment after these names is a card number in every API this service serves.
-_CARD_IN_PATH = re.compile(r"(?<=/)(cards|reserve|cancelreserve)/([^/?#\s\"']+)")
+# The path segment after these names is a card number in every API this service serves; a
+# route template's placeholder (`cards/{number}`, as the access log writes paths) is left as is.
+_CARD_IN_PATH = re.compile(
+    r"(?<=/)(cards|reserve|cancelreserve)/(?!\{\w+(?::\w+)?\}(?:[/?#\s\"']|$))([^/?#\s\"']+)"
+)
 # Any other long digit run (a number in a mistyped path, or in a database error) is masked
 # too; 12 digits is the shortest card number masking would leave a last 4 of.
 _LONG_DIGIT_RUN = re.compile(r"\d{12,}")

@@ -13,6 +13,8 @@ DEFAULT_GIFTSTREAM_CURRENCIES = (826, 840, 978)
 DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS = 1.0
 DEFAULT_BATCH_SIZE_MAX = 64
 DEFAULT_BATCH_LINGER_MS = 2.0
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,21 @@ class Settings:
     token_rate_limit: RateLimit = DEFAULT_TOKEN_RATE_LIMIT
     # Start even if PostgreSQL runs with fsync, synchronous_commit or full_page_writes off.
     allow_unsafe_durability: bool = False
+    # One JSON object per line on stderr, or plain text lines for a person at a terminal.
+    log_format: str = "json"
+    log_level: str = "INFO"
+    # One line per request on the giftledger.access logger (`serve --no-access-log` turns it off).
+    access_log: bool = True
+    # OpenTelemetry tracing; needs the `otel` extra (see api/tracing.py).
+    otel_enabled: bool = False
     # Seeds the demo location, card types and client on the first start of an embedded database.
     seed_demo: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"GIFTLEDGER_LOG_FORMAT must be one of {LOG_FORMATS}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"GIFTLEDGER_LOG_LEVEL must be one of {LOG_LEVELS}")
 
     @property
     def embedded(self) -> bool:
@@ -97,5 +112,14 @@ class Settings:
             not_found_rate_limit=_rate_limit(env, "_NOT_FOUND", DEFAULT_NOT_FOUND_RATE_LIMIT),
             token_rate_limit=_rate_limit(env, "_TOKEN", DEFAULT_TOKEN_RATE_LIMIT),
             allow_unsafe_durability=env.get("GIFTLEDGER_ALLOW_UNSAFE_DURABILITY", "") == "1",
+            log_format=env.get("GIFTLEDGER_LOG_FORMAT", "json").lower(),
+            log_level=env.get("GIFTLEDGER_LOG_LEVEL", "INFO").upper(),
+            access_log=env.get("GIFTLEDGER_ACCESS_LOG", "1") != "0",
+            # The standard OpenTelemetry variable alone turns tracing on: setting an exporter
+            # endpoint and getting no traces would be a surprise.
+            otel_enabled=(
+                env.get("GIFTLEDGER_OTEL_ENABLED", "") == "1"
+                or bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            ),
             seed_demo=url is None,
         )

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from litestar import Litestar
 
 from api.cli import main
+from api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -25,8 +26,14 @@ def routes(app: Litestar) -> set[str]:
     return {route.path for route in app.routes}
 
 
-def k8s(name: str) -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "k8s" / name).read_text())
+def k8s(name: str, document: str | None = None) -> dict[str, Any]:
+    """The manifest in the file; in a file of several, the one of that metadata.name."""
+    manifests = list(yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()))
+    if document is None:
+        [only] = manifests
+        return only
+    [named] = [m for m in manifests if m["metadata"]["name"] == document]
+    return named
 
 
 def container(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -72,13 +79,15 @@ def test_the_kubernetes_deployment_probes_real_routes_as_non_root(app):
     assert {"cpu", "memory"} <= set(api["resources"]["requests"])
     assert {e["name"] for e in api["env"]} <= KNOWN_VARIABLES
     assert cli_exists(api["command"])
-    assert api["envFrom"][0]["secretRef"]["name"] == k8s("secret.yaml")["metadata"]["name"]
+    [secret_ref] = api["envFrom"]
+    assert k8s("secret.yaml", secret_ref["secretRef"]["name"])["stringData"]
 
 
 def test_the_secret_the_migration_job_hpa_and_pdb_fit_the_deployment():
-    secret = k8s("secret.yaml")
+    secret = k8s("secret.yaml", "giftledger")
     assert set(secret["stringData"]) <= KNOWN_VARIABLES
-    assert set(secret["stringData"]) == {"GIFTLEDGER_DATABASE_URL"}  # Keys rotate in the database.
+    # Everything in this Secret reaches the pods through envFrom, so no signing key is in it.
+    assert set(secret["stringData"]) == {"GIFTLEDGER_DATABASE_URL"}
     job = k8s("migrate-job.yaml")
     assert cli_exists(container(job)["command"])
     assert container(job)["command"][1] == "migrate"
@@ -97,6 +106,18 @@ def test_compose_runs_postgres_migrations_and_the_api_with_known_settings():
         assert set(compose[name]["environment"]) <= KNOWN_VARIABLES
     assert cli_exists(compose["migrate"]["command"])
     assert compose["api"]["ports"] == [f"{PORT}:{PORT}"]
+
+
+def test_the_signing_key_secret_is_optional_and_empty_so_keys_rotate_in_the_database():
+    signing = k8s("secret.yaml", "giftledger-signing-key")
+    # Empty reads as unset (Settings.from_env), so applying the file as it is pins nothing.
+    assert signing["stringData"] == {"GIFTLEDGER_JWT_SECRET": ""}
+    [entry] = [e for e in container(k8s("deployment.yaml"))["env"]
+               if e["name"] == "GIFTLEDGER_JWT_SECRET"]  # fmt: skip
+    assert entry["valueFrom"]["secretKeyRef"] == {
+        "name": "giftledger-signing-key", "key": "GIFTLEDGER_JWT_SECRET", "optional": True,
+    }  # fmt: skip
+    assert Settings.from_env({"GIFTLEDGER_JWT_SECRET": ""}).jwt_secret is None
 
 
 @pytest.mark.parametrize("key", ["ExecStart", "ExecStartPre"])
