@@ -7,7 +7,7 @@ import time
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
 import msgspec
@@ -18,6 +18,12 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
+from api.fields import (
+    CLIENT_ID_LENGTH_MAX,
+    CLIENT_SECRET_LENGTH_MAX,
+    GRANT_TYPE_LENGTH_MAX,
+    SCOPE_LENGTH_MAX,
+)
 from projections.config import Client, ConfigStore, SigningKey
 
 TOKEN_ISSUER = "giftledger"  # noqa: S105 - not a secret.
@@ -231,11 +237,15 @@ def requires(scope: str) -> Any:
     return guard
 
 
+# RFC 6749 section 3.2: the server MUST ignore unrecognized request parameters, so unknown
+# fields are let through here, unlike every other body; none of them can set anything.
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=False):
-    grant_type: str = "client_credentials"
-    client_id: str = ""
-    client_secret: str = ""
-    scope: str | None = None
+    grant_type: Annotated[str, msgspec.Meta(max_length=GRANT_TYPE_LENGTH_MAX)] = (
+        "client_credentials"
+    )
+    client_id: Annotated[str, msgspec.Meta(max_length=CLIENT_ID_LENGTH_MAX)] = ""
+    client_secret: Annotated[str, msgspec.Meta(max_length=CLIENT_SECRET_LENGTH_MAX)] = ""
+    scope: Annotated[str, msgspec.Meta(max_length=SCOPE_LENGTH_MAX)] | None = None
 
 
 class TokenResponse(msgspec.Struct):
