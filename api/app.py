@@ -24,6 +24,7 @@ from api.health import check_durability, live, ready
 from api.limits import AbuseLimitMiddleware, AbuseLimits
 from api.metrics import MetricsController, prometheus_config
 from api.native import native_router
+from api.openapi import refine_openapi
 from api.reconcile import reconcile_router
 from api.redaction import install_log_redaction
 from api.replica import ReadRouting, read_your_writes_middleware
@@ -113,7 +114,7 @@ def create_app(settings: Settings) -> Litestar:
                 await replica.close()
             ledger.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             live,
@@ -146,6 +147,8 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
         ),
     )
+    refine_openapi(app)
+    return app
 
 
 def app_from_env() -> Litestar:
