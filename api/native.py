@@ -66,6 +66,10 @@ class BlockRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason
 
 
+class NoFields(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of a command that takes no fields: `{}`, if any."""
+
+
 class Hold(msgspec.Struct):
     hold_id: str
     client_id: str
@@ -360,10 +364,13 @@ async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
     decoded strictly into the handler's own `data` type.
     """
     parameter = request.route_handler.parsed_fn_signature.parameters.get("data")
-    if parameter is None:
+    body = await request.body()
+    if parameter is None and not body.strip():
         return
+    # A command without fields (void, unblock) takes no body or `{}`: any field is refused.
+    body_type = NoFields if parameter is None else parameter.annotation
     try:
-        msgspec.json.decode(await request.body(), type=parameter.annotation)
+        msgspec.json.decode(body, type=body_type)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValidationException(detail=str(exc)) from None
 
