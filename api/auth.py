@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 import uuid
@@ -263,6 +264,29 @@ def _oauth_error(status: int, error: str, description: str) -> Response[Any]:
     )
 
 
+INSECURE_TRANSPORT = "insecure_transport"
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_allows_token(request: Request[Any, Any, Any]) -> bool:
+    """A client secret and the token it buys travel in clear over plain HTTP, so they are only
+    exchanged over HTTPS, from this machine, or where the operator allowed it.
+
+    The scheme is HTTPS when TLS ends in uvicorn, or when a proxy uvicorn trusts
+    (`--forwarded-allow-ips`, 127.0.0.1 by default) sends `X-Forwarded-Proto: https`; uvicorn
+    then also names the forwarded client address, so a proxied plain request is not loopback.
+    """
+    if request.app.state.settings.allow_insecure_tokens or request.url.scheme == "https":
+        return True
+    return _is_loopback(request.client.host if request.client else None)
+
+
 async def _token_request(request: Request[Any, Any, Any]) -> TokenRequest | None:
     body = await request.body()
     if len(body) > TOKEN_REQUEST_BYTES_MAX:
@@ -279,6 +303,10 @@ async def _token_request(request: Request[Any, Any, Any]) -> TokenRequest | None
 @post("/oauth/token", status_code=200, tags=["auth"], summary="client_credentials grant")
 async def token_endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
     """Exchange a client id and secret for a bearer token (form-encoded or JSON body)."""
+    if not transport_allows_token(request):
+        return _oauth_error(
+            403, INSECURE_TRANSPORT, "tokens are issued over HTTPS only (see README: Security)"
+        )
     form = await _token_request(request)
     if form is None:
         return _oauth_error(400, "invalid_request", "send grant_type, client_id and client_secret")

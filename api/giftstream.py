@@ -40,8 +40,9 @@ FIELDS = frozenset(
     {"cardType", "currencyCode", "expiry", "identifier", "initialBalance", "siteId"}
 )
 # cardType, currencyCode and siteId are small numbers. Python refuses to parse integers of more
-# than 4,300 digits (a 500 before this bound), and no id needs more than these.
-INTEGER_DIGITS_MAX = 9
+# than 4,300 digits (a 500 before this bound); 18 digits still let a site id beyond any site
+# answer "Site not found".
+INTEGER_DIGITS_MAX = 18
 _JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
 
 

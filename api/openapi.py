@@ -115,7 +115,7 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = 
 }
 
 
-_DIGITS = {"type": "string", "pattern": r"^[0-9]{1,9}$"}
+_DIGITS = {"type": "string", "pattern": r"^[0-9]{1,18}$"}
 GIFTSTREAM_BODY = {
     "type": "object",
     "description": "GiftStream's fields, as JSON (numbers or strings of digits) or form fields.",
@@ -127,7 +127,7 @@ GIFTSTREAM_BODY = {
         "expiry": {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
         "identifier": {"type": "string", "maxLength": 256},
         "initialBalance": {"type": "string", "pattern": r"^[0-9]{1,5}(\.[0-9]{1,2})?$"},
-        "siteId": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 999_999_999}, _DIGITS]},
+        "siteId": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, _DIGITS]},
     },
 }
 # Bodies that the handlers read themselves, so Litestar cannot document them.

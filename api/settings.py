@@ -61,6 +61,8 @@ class Settings:
     token_rate_limit: RateLimit = DEFAULT_TOKEN_RATE_LIMIT
     # Start even if PostgreSQL runs with fsync, synchronous_commit or full_page_writes off.
     allow_unsafe_durability: bool = False
+    # Issue tokens over plain HTTP to any address, not only over HTTPS or from loopback.
+    allow_insecure_tokens: bool = False
     # Seeds the demo location, card types and client on the first start of an embedded database.
     seed_demo: bool = field(default=False)
 
@@ -97,5 +99,6 @@ class Settings:
             not_found_rate_limit=_rate_limit(env, "_NOT_FOUND", DEFAULT_NOT_FOUND_RATE_LIMIT),
             token_rate_limit=_rate_limit(env, "_TOKEN", DEFAULT_TOKEN_RATE_LIMIT),
             allow_unsafe_durability=env.get("GIFTLEDGER_ALLOW_UNSAFE_DURABILITY", "") == "1",
+            allow_insecure_tokens=env.get("GIFTLEDGER_ALLOW_INSECURE_TOKENS", "") == "1",
             seed_demo=url is None,
         )
