@@ -25,6 +25,7 @@ from api.limits import AbuseLimitMiddleware, AbuseLimits
 from api.logs import litestar_logging_config
 from api.metrics import MetricsController, prometheus_config
 from api.native import native_router
+from api.openapi import refine_openapi
 from api.reconcile import reconcile_router
 from api.redaction import install_log_redaction
 from api.replica import ReadRouting, read_your_writes_middleware
@@ -154,6 +155,7 @@ def create_app(settings: Settings) -> Litestar:
     app.asgi_handler = RequestContextMiddleware(
         app.asgi_handler, name_server_span if settings.otel_enabled else None
     )
+    refine_openapi(app)
     return app
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
 import msgspec
@@ -18,6 +19,12 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
+from api.fields import (
+    CLIENT_ID_LENGTH_MAX,
+    CLIENT_SECRET_LENGTH_MAX,
+    GRANT_TYPE_LENGTH_MAX,
+    SCOPE_LENGTH_MAX,
+)
 from projections.config import Client, ConfigStore, SigningKey
 
 TOKEN_ISSUER = "giftledger"  # noqa: S105 - not a secret.
@@ -231,11 +238,15 @@ def requires(scope: str) -> Any:
     return guard
 
 
+# RFC 6749 section 3.2: the server MUST ignore unrecognized request parameters, so unknown
+# fields are let through here, unlike every other body; none of them can set anything.
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=False):
-    grant_type: str = "client_credentials"
-    client_id: str = ""
-    client_secret: str = ""
-    scope: str | None = None
+    grant_type: Annotated[str, msgspec.Meta(max_length=GRANT_TYPE_LENGTH_MAX)] = (
+        "client_credentials"
+    )
+    client_id: Annotated[str, msgspec.Meta(max_length=CLIENT_ID_LENGTH_MAX)] = ""
+    client_secret: Annotated[str, msgspec.Meta(max_length=CLIENT_SECRET_LENGTH_MAX)] = ""
+    scope: Annotated[str, msgspec.Meta(max_length=SCOPE_LENGTH_MAX)] | None = None
 
 
 class TokenResponse(msgspec.Struct):
@@ -251,6 +262,29 @@ def _oauth_error(status: int, error: str, description: str) -> Response[Any]:
         status_code=status,
         headers={"Cache-Control": "no-store"},
     )
+
+
+INSECURE_TRANSPORT = "insecure_transport"
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_allows_token(request: Request[Any, Any, Any]) -> bool:
+    """A client secret and the token it buys travel in clear over plain HTTP, so they are only
+    exchanged over HTTPS, from this machine, or where the operator allowed it.
+
+    The scheme is HTTPS when TLS ends in uvicorn, or when a proxy uvicorn trusts
+    (`--forwarded-allow-ips`, 127.0.0.1 by default) sends `X-Forwarded-Proto: https`; uvicorn
+    then also names the forwarded client address, so a proxied plain request is not loopback.
+    """
+    if request.app.state.settings.allow_insecure_tokens or request.url.scheme == "https":
+        return True
+    return _is_loopback(request.client.host if request.client else None)
 
 
 async def _token_request(request: Request[Any, Any, Any]) -> TokenRequest | None:
@@ -269,6 +303,10 @@ async def _token_request(request: Request[Any, Any, Any]) -> TokenRequest | None
 @post("/oauth/token", status_code=200, tags=["auth"], summary="client_credentials grant")
 async def token_endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
     """Exchange a client id and secret for a bearer token (form-encoded or JSON body)."""
+    if not transport_allows_token(request):
+        return _oauth_error(
+            403, INSECURE_TRANSPORT, "tokens are issued over HTTPS only (see README: Security)"
+        )
     form = await _token_request(request)
     if form is None:
         return _oauth_error(400, "invalid_request", "send grant_type, client_id and client_secret")

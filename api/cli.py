@@ -73,7 +73,14 @@ main.add_command(reconcile_command)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
-def serve(host: str, port: int, workers: int, access_log: bool) -> None:
+@click.option(
+    "--forwarded-allow-ips", default=None,
+    help="Proxies whose X-Forwarded-For/-Proto are trusted (uvicorn's; default 127.0.0.1, or"
+    " FORWARDED_ALLOW_IPS). The token endpoint needs HTTPS, so TLS proxies must be listed.",
+)  # fmt: skip
+def serve(
+    host: str, port: int, workers: int, access_log: bool, forwarded_allow_ips: str | None
+) -> None:
     """Serve the HTTP API (embedded PostgreSQL when GIFTLEDGER_DATABASE_URL is unset)."""
     import uvicorn
 
@@ -109,6 +116,8 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
         # so its own lines come out in the service's format too.
         log_config=logging_dict(settings),
         access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 

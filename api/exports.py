@@ -19,6 +19,7 @@ from litestar.response import Stream
 
 from api.auth import requires
 from api.errors import ApiError
+from api.fields import INSTANT_LENGTH_MAX, parse_instant
 from api.ledger_export import (
     MEDIA_TYPES,
     ExportFormat,
@@ -35,7 +36,8 @@ from api.service import CardService
 from projections.ledger_stream import head_position
 
 THROUGH_POSITION_HEADER = "Giftledger-Through-Position"
-INSTANT_LENGTH_MAX = 64
+# The longest choice, "parquet" or "postings", with room to spare.
+CHOICE_LENGTH_MAX = 16
 
 Instant = Annotated[
     str | None,
@@ -47,22 +49,18 @@ UntilInstant = Annotated[
     QueryParameter(name="to", max_length=INSTANT_LENGTH_MAX,
               description="Required. ISO 8601 instant with a time zone; exclusive"),
 ]  # fmt: skip
-FormatParameter = Annotated[str, QueryParameter(name="format", description="csv, jsonl or parquet")]
-KindParameter = Annotated[str, Parameter(description="events or postings")]
+FormatParameter = Annotated[
+    str,
+    QueryParameter(
+        name="format", max_length=CHOICE_LENGTH_MAX, description="csv, jsonl or parquet"
+    ),
+]
+KindParameter = Annotated[
+    str, Parameter(max_length=CHOICE_LENGTH_MAX, description="events or postings")
+]
 
 
-def parse_instant(name: str, value: str | None) -> datetime:
-    if not value:
-        raise ApiError("invalid_export_period", 422, f"{name} is required (ISO 8601, e.g. ...Z)")
-    try:
-        instant = datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError("invalid_export_period", 422, f"{name} is not ISO 8601: {value!r}") from None
-    if instant.tzinfo is None:
-        raise ApiError("invalid_export_period", 422, f"{name} needs a time zone, e.g. Z")
-    return instant
-
-
+PERIOD_CODE = "invalid_export_period"
 Choice = TypeVar("Choice", ExportFormat, ExportKind)
 
 
@@ -78,10 +76,10 @@ def export_query(
     occurred_from: str | None, occurred_to: str | None, format_: str, kind: str
 ) -> ExportQuery:
     """The export the query asks for, or a 422 naming what is wrong with it."""
-    start = parse_instant("from", occurred_from)
-    end = parse_instant("to", occurred_to)
+    start = parse_instant("from", occurred_from, PERIOD_CODE)
+    end = parse_instant("to", occurred_to, PERIOD_CODE)
     if start >= end:
-        raise ApiError("invalid_export_period", 422, "from must be before to")
+        raise ApiError(PERIOD_CODE, 422, "from must be before to")
     return ExportQuery(
         kind=parse_choice(ExportKind, "invalid_export_kind", kind),
         format=parse_choice(ExportFormat, "invalid_export_format", format_),

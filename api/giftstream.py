@@ -34,6 +34,15 @@ CARD_TYPES = {1: "barcode", 2: "qr"}
 BODY_BYTES_MAX = 16 * 1024
 NO_EXPIRY = "0000-00-00 00:00:00"  # What GiftStream answers for a card without expiry.
 _DATE_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The fields of GiftStream's document. Any other is refused, never ignored: a client that sends
+# `balance`, `status` or `ref` must learn that it set nothing.
+FIELDS = frozenset(
+    {"cardType", "currencyCode", "expiry", "identifier", "initialBalance", "siteId"}
+)
+# cardType, currencyCode and siteId are small numbers. Python refuses to parse integers of more
+# than 4,300 digits (a 500 before this bound); 18 digits still let a site id beyond any site
+# answer "Site not found".
+INTEGER_DIGITS_MAX = 18
 _JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
 
 
@@ -81,6 +90,13 @@ async def _fields(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None and v != ""}
 
 
+def check_known_fields(fields: dict[str, Any]) -> None:
+    unknown = sorted(set(fields) - FIELDS)
+    if unknown:
+        names = ", ".join(repr(name[:32]) for name in unknown[:5])
+        raise _invalid(f"Unknown field {names}. Fields are {', '.join(sorted(FIELDS))}")
+
+
 def _integer(fields: dict[str, Any], name: str, label: str) -> int | None:
     value = fields.get(name)
     if value is None or value == "":
@@ -91,6 +107,7 @@ def _integer(fields: dict[str, Any], name: str, label: str) -> int | None:
         isinstance(value, bool)
         or not isinstance(value, int | str)
         or not (text.isascii() and text.isdigit())
+        or len(text) > INTEGER_DIGITS_MAX
     ):
         raise _invalid(f"Invalid {label}")
     return int(value)
@@ -123,6 +140,7 @@ def _initial_balance_minor(fields: dict[str, Any]) -> int:
 
 
 def parse_request(fields: dict[str, Any], settings: Settings) -> GiftCardRequest:
+    check_known_fields(fields)
     card_type = _integer(fields, "cardType", "Card Type")
     if card_type is None:
         raise _invalid("Card Type is required")

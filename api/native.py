@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from api.auth import check_scope, requires
 from api.context import origin_for
 from api.errors import ApiError
+from api.fields import INSTANT_LENGTH_MAX, CardTypeName, LocationCode, Reason, parse_instant
 from api.giftstream import generated_identifier
 from api.idempotency import idempotent_write, present
 from api.replica import ReadRouting
@@ -26,14 +27,18 @@ from projections.config import Client, ConfigStore
 from projections.history import HISTORY_PAGE_SIZE_MAX, HistoryEntry
 
 EVENTS_PAGE_SIZE_DEFAULT = 100
-REASON_LENGTH_MAX = 200
+# A hold lasts at most a day; the service shortens it further to its configured TTL.
+HOLD_TTL_SECONDS_MAX = 86_400
 
 AmountMinor = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_MINOR_MAX)]
-LocationCode = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+AsOf = Annotated[
+    str | None,
+    Parameter(max_length=INSTANT_LENGTH_MAX, description="ISO 8601 instant with a time zone"),
+]
 
 
 class IssueRequest(msgspec.Struct, forbid_unknown_fields=True):
-    card_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    card_type: CardTypeName
     amount_minor: Annotated[int, msgspec.Meta(ge=0, le=AMOUNT_MINOR_MAX)]
     number: Annotated[str, msgspec.Meta(min_length=1, max_length=CARD_NUMBER_LENGTH_MAX)] | None = (
         None
@@ -48,7 +53,7 @@ class AmountRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class HoldRequest(msgspec.Struct, forbid_unknown_fields=True):
     amount_minor: AmountMinor | None = None
-    ttl_seconds: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    ttl_seconds: Annotated[int, msgspec.Meta(gt=0, le=HOLD_TTL_SECONDS_MAX)] | None = None
     location_code: LocationCode | None = None
 
 
@@ -58,7 +63,11 @@ class CaptureRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BlockRequest(msgspec.Struct, forbid_unknown_fields=True):
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_LENGTH_MAX)]
+    reason: Reason
+
+
+class NoFields(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of a command that takes no fields: `{}`, if any."""
 
 
 class Hold(msgspec.Struct):
@@ -216,7 +225,7 @@ async def issue_card(
 @get("/cards/{number:str}", guards=[requires("cards:read")])
 async def get_card(
     number: str, request: Request[Client, Any, Any], routing: ReadRouting, service: CardService,
-    as_of: datetime | None = None,
+    as_of: AsOf = None,
 ) -> Card:  # fmt: skip
     """The card with its balance, reserved and available amounts, and holds.
 
@@ -225,9 +234,7 @@ async def get_card(
     """
     if as_of is not None:
         check_scope(request.user, "audit:read")
-        if as_of.tzinfo is None:
-            raise ApiError("validation_failed", 422, "as_of needs a time zone, e.g. Z")
-        return native_card(await service.card_as_of(number, as_of))
+        return native_card(await service.card_as_of(number, parse_instant("as_of", as_of)))
     reader = await routing.reader(request)
     return native_card(await reader.require(number))
 
@@ -357,10 +364,13 @@ async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
     decoded strictly into the handler's own `data` type.
     """
     parameter = request.route_handler.parsed_fn_signature.parameters.get("data")
-    if parameter is None:
+    body = await request.body()
+    if parameter is None and not body.strip():
         return
+    # A command without fields (void, unblock) takes no body or `{}`: any field is refused.
+    body_type = NoFields if parameter is None else parameter.annotation
     try:
-        msgspec.json.decode(await request.body(), type=parameter.annotation)
+        msgspec.json.decode(body, type=body_type)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValidationException(detail=str(exc)) from None
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from litestar import Request, Router, get, post
+from litestar import Request, Response, Router, get, post, route
 from litestar.di import Provide
 from litestar.exceptions import PermissionDeniedException
 
 from api.auth import requires
 from api.context import DecimalNumberResponse, origin_for, utc_now
 from api.errors import ApiError
+from api.fields import LocationCode, TransactionNo
 from api.idempotency import SALE_SCOPE_PREFIX, idempotent_write, present
 from api.replica import ReadRouting
 from api.service import CardService, new_hold_id
@@ -21,9 +22,6 @@ from ledger.card import CardTerms, Origin, add_months, mask_card_number
 from ledger.money import currency, to_major, to_minor
 from projections.cards import CardView
 from projections.config import Client, ConfigStore
-
-TRANSACTION_NO_LENGTH_MAX = 8
-LOCATION_CODE_LENGTH_MAX = 64
 
 
 class ResicoCard(msgspec.Struct, rename="camel"):
@@ -41,20 +39,23 @@ class ResicoCard(msgspec.Struct, rename="camel"):
     currency: str
 
 
-class SellRequest(msgspec.Struct, rename="camel"):
+# Each body takes exactly the fields of Resico's document (and the optional use location): an
+# unknown field such as `balance`, `status` or `id` is refused with 422, never ignored, so no
+# client can believe it set one.
+class SellRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     amount: Decimal
-    transaction_no: Annotated[str, msgspec.Meta(max_length=TRANSACTION_NO_LENGTH_MAX)]
-    location_code: Annotated[str, msgspec.Meta(min_length=1, max_length=LOCATION_CODE_LENGTH_MAX)]
+    transaction_no: TransactionNo
+    location_code: LocationCode
 
 
-class UseRequest(msgspec.Struct, rename="camel"):
+class UseRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     amount: Decimal
     # Not in Resico's document: lets a terminal say where it pays, for site-locked cards.
-    location_code: str | None = None
+    location_code: LocationCode | None = None
 
 
-class ReserveRequest(msgspec.Struct, rename="camel"):
-    location_code: Annotated[str, msgspec.Meta(min_length=1, max_length=LOCATION_CODE_LENGTH_MAX)]
+class ReserveRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    location_code: LocationCode
     amount: Decimal | None = None
 
 
@@ -157,10 +158,18 @@ async def cancel_reserve(
     return present(await service.cancel_reservation(card_id, origin), resico_card)
 
 
+@route("/cards/{card_id:str}", http_method="OPTIONS", include_in_schema=False,
+       sync_to_thread=False)  # fmt: skip
+def card_options(card_id: str) -> Response[None]:
+    """Litestar 2.25 answers OPTIONS with the methods of the first handler registered on a path,
+    so its own answer here left out POST; registered first, this one replaces it."""
+    return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
+
+
 def resico_router(dependencies: dict[str, Provide]) -> Router:
     return Router(
         path="/api/giftcards/v1",
-        route_handlers=[get_card, sell_card, use_card, reserve_card, cancel_reserve],
+        route_handlers=[card_options, get_card, sell_card, use_card, reserve_card, cancel_reserve],
         dependencies=dependencies,
         response_class=DecimalNumberResponse,
         tags=["resico"],

@@ -70,6 +70,8 @@ class Settings:
     access_log: bool = True
     # OpenTelemetry tracing; needs the `otel` extra (see api/tracing.py).
     otel_enabled: bool = False
+    # Issue tokens over plain HTTP to any address, not only over HTTPS or from loopback.
+    allow_insecure_tokens: bool = False
     # Seeds the demo location, card types and client on the first start of an embedded database.
     seed_demo: bool = field(default=False)
 
@@ -121,5 +123,6 @@ class Settings:
                 env.get("GIFTLEDGER_OTEL_ENABLED", "") == "1"
                 or bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
             ),
+            allow_insecure_tokens=env.get("GIFTLEDGER_ALLOW_INSECURE_TOKENS", "") == "1",
             seed_demo=url is None,
         )

@@ -83,7 +83,9 @@ def app(settings: Settings) -> Litestar:
 
 @pytest.fixture(scope="session")
 async def http(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(app=app) as client:
+    # HTTPS, as behind the TLS proxy: the test client's address is not loopback, and the token
+    # endpoint refuses plain HTTP from elsewhere (tests/e2e/test_tls.py).
+    async with AsyncTestClient(app=app, base_url="https://testserver.local") as client:
         yield client
 
 

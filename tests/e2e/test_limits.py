@@ -120,7 +120,8 @@ async def strict(settings) -> AsyncIterator[AsyncTestClient[Any]]:
         not_found_rate_limit=STRICT_NOT_FOUND,
         token_rate_limit=STRICT_TOKEN,
     )
-    async with AsyncTestClient(app=create_app(strict_settings)) as client:
+    app = create_app(strict_settings)
+    async with AsyncTestClient(app=app, base_url="https://testserver.local") as client:
         yield client
 
 

@@ -189,7 +189,7 @@ async def test_a_pinned_service_refuses_tokens_of_the_database_key_set(http, wor
 @pytest.fixture(scope="module")
 async def keyed(settings):
     app = create_app(dataclasses.replace(settings, jwt_secret=None))
-    async with AsyncTestClient(app=app) as client:
+    async with AsyncTestClient(app=app, base_url="https://testserver.local") as client:
         yield client
 
 
