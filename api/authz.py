@@ -118,7 +118,7 @@ def check_scope(client: Client, scope: str) -> None:
 
 def is_automatic_options(handler: BaseRouteHandler) -> bool:
     """Litestar's own OPTIONS handler, which answers every route with its Allow header only."""
-    qualname = getattr(handler, "fn", None).__qualname__  # type: ignore[union-attr]
+    qualname = getattr(getattr(handler, "fn", None), "__qualname__", "")
     return bool(qualname == "HTTPRoute.create_options_handler.<locals>.options_handler")
 
 
