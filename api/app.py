@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from api.auth import ClientCache, KeyCache, jwt_auth, token_endpoint
+from api.authz import authorize
 from api.bootstrap import database_url, pinned_key, prepare_database, run_blocking
 from api.errors import problem_details_plugin
 from api.exports import exports_router
@@ -134,6 +135,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth().on_app_init],
+        # The one authorisation check: every route's rule is in api/authz.py (deny by default).
+        guards=[authorize],
         plugins=[problem_details_plugin(), *([tracing_plugin()] if settings.otel_enabled else [])],
         logging_config=litestar_logging_config(settings),
         # Metrics outermost, so refusals by the limits are counted too. The limits run after

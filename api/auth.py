@@ -1,4 +1,6 @@
-"""Bearer JWTs for API clients: the client_credentials token endpoint, and scope guards."""
+"""Bearer JWTs for API clients: the client_credentials token endpoint and token verification.
+
+Which client may call which route is decided in api/authz.py."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ import jwt
 import msgspec
 from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.handlers.base import BaseRouteHandler
+from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
+from api.authz import public_path_patterns
 from api.fields import (
     CLIENT_ID_LENGTH_MAX,
     CLIENT_SECRET_LENGTH_MAX,
@@ -46,8 +48,6 @@ CLIENT_CACHE_ENTRIES_MAX = 10_000
 # Verified tokens remembered per process; the cache is emptied when it reaches this size.
 VERIFIED_TOKENS_MAX = 10_000
 TOKEN_REQUEST_BYTES_MAX = 4096
-# /metrics is for the scraper on the internal network; the reverse proxy does not expose it.
-PUBLIC_PATHS = ["/oauth/token", "/schema", "/health", "/ping", "/metrics"]
 
 
 def issue_token(key: SigningKey, client_id: str, ttl_seconds: int) -> str:
@@ -218,24 +218,8 @@ def jwt_auth() -> JWTAuth[Client, Token]:
         verify_not_before=True,
         strict_audience=True,
         authentication_middleware_class=KeyedJWTAuthenticationMiddleware,
-        exclude=PUBLIC_PATHS,
+        exclude=public_path_patterns(),
     )
-
-
-def check_scope(client: Client, scope: str) -> None:
-    """Refuse (403) a client that holds neither the scope nor admin."""
-    if scope not in client.scopes and "admin" not in client.scopes:
-        raise PermissionDeniedException(f"this client lacks the scope {scope!r}")
-
-
-def requires(scope: str) -> Any:
-    """A guard that lets through only clients that hold the scope (or admin)."""
-
-    # A coroutine: Litestar runs a plain function guard in a worker thread, a hop per request.
-    async def guard(connection: ASGIConnection[Any, Client, Any, Any], _: BaseRouteHandler) -> None:
-        check_scope(connection.user, scope)
-
-    return guard
 
 
 # RFC 6749 section 3.2: the server MUST ignore unrecognized request parameters, so unknown

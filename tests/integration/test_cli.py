@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from api.authz import ROLES, RULES, matrix_markdown
 from tests.conftest import TEST_JWT_SECRET
 
 GIFTLEDGER = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "giftledger"
@@ -187,6 +188,40 @@ async def test_clients_create_with_an_unknown_scope_is_refused(database_url, wor
     assert "cards:steal" in done.stderr
     listed = json_lines(await ok(database_url, "clients", "list"))
     assert "x" not in [row["name"] for row in listed]
+
+
+@pytest.mark.parametrize(
+    ("role", "scopes"),
+    [("pos", ["cards:read", "cards:sell", "cards:redeem", "cards:reserve"]),
+     ("issuer", ["cards:read", "cards:sell"]), ("auditor", ["cards:read", "audit:read"]),
+     ("finance", ["cards:read", "finance:export"]), ("admin", ["admin"])],
+)  # fmt: skip
+async def test_clients_create_with_a_role_gets_the_roles_scopes(database_url, world, role, scopes):
+    created = await create_client(database_url, role, "--role", role, "--locations", "SHOP1")
+    listed = by_key(json_lines(await ok(database_url, "clients", "list")), "client_id")
+    assert listed[created["client_id"]]["scopes"] == scopes
+    assert listed[created["client_id"]]["locations"] == ["SHOP1"]
+
+
+async def test_clients_create_with_a_role_and_scopes_is_refused(database_url, world):
+    done = await giftledger(
+        database_url, "clients", "create", "x", "--role", "pos", "--scopes", "admin"
+    )
+    assert done.returncode == 2
+    assert "--role or --scopes" in done.stderr
+    listed = json_lines(await ok(database_url, "clients", "list"))
+    assert "x" not in [row["name"] for row in listed]
+
+
+async def test_authz_matrix_prints_every_rule_with_each_roles_outcome(database_url):
+    stdout = await ok(database_url, "authz", "matrix")
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["API", "endpoint", "scope", *ROLES]
+    block = next(line for line in lines if "POST /v1/cards/{number}/block " in line)
+    assert block.split()[-5:] == ["403", "403", "403", "403", "allowed"]
+    assert len(lines) == 1 + len(RULES) + 1  # and the as_of row of time travel
+    markdown = await ok(database_url, "authz", "matrix", "--markdown")
+    assert markdown == matrix_markdown()
 
 
 async def test_an_issued_token_is_one_jwt_the_app_accepts(http, database_url, world):
