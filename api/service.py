@@ -148,10 +148,11 @@ class Job:
     idem: IdempotentWrite | None
     create: Callable[[], Card] | None = None
     future: Future[Outcome] = field(default_factory=Future)
+    # A uuid5 of the number, asked for several times per job by the writer.
+    card_id: uuid.UUID = field(init=False)
 
-    @property
-    def card_id(self) -> uuid.UUID:
-        return card_id_for(self.number)
+    def __post_init__(self) -> None:
+        self.card_id = card_id_for(self.number)
 
 
 class CardService:
