@@ -55,7 +55,9 @@ def _copy_cards(url: str, first: int, last: int) -> int:
     """
     origin = Origin(datetime.now(UTC), "bench:rebuild", "SHOP1", 1)
     terms = CardTerms(BENCH_CARD_TYPE.name, BENCH_CARD_TYPE.currency, True, True, True, None)
-    ledger = CardLedger(env=ledger_env(eventsourcing_env(url)))
+    # generate_events created the tables; several processes creating them at once collide in
+    # PostgreSQL's catalog ("tuple concurrently updated").
+    ledger = CardLedger(env={**ledger_env(eventsourcing_env(url)), "CREATE_TABLE": "n"})
     recorder: Any = ledger.recorder
     table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
     written = 0
