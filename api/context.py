@@ -38,6 +38,14 @@ async def origin_for(config: ConfigStore, client: Client, location_code: str | N
     )
 
 
+async def unbound_origin(config: ConfigStore, client: Client) -> Origin:
+    """For a command bound to no location (releasing one's own hold, block, unblock): the
+    client's location when it has exactly one, else none; never refused for where it acts."""
+    if len(client.locations) == 1:
+        return await origin_for(config, client, client.locations[0])
+    return Origin(occurred_at=utc_now(), actor=client.client_id)
+
+
 _DECIMAL_NUMBER_ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 

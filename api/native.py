@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
-from api.context import origin_for
+from api.context import origin_for, unbound_origin
 from api.errors import ApiError
 from api.fields import INSTANT_LENGTH_MAX, CardTypeName, LocationCode, Reason, parse_instant
 from api.giftstream import generated_identifier
@@ -282,7 +282,7 @@ async def void(
     number: str, hold_id: str, request: Request[Client, Any, Any], service: CardService,
     config: ConfigStore,
 ) -> Card:  # fmt: skip
-    origin = await origin_for(config, request.user, None)
+    origin = await unbound_origin(config, request.user)
     idem = await idempotent_write(request, native_card)
     return present(await service.void(number, hold_id, origin, idem), native_card)
 
@@ -312,7 +312,7 @@ async def block(
     number: str, data: BlockRequest, request: Request[Client, Any, Any],
     service: CardService, config: ConfigStore,
 ) -> Card:  # fmt: skip
-    origin = await origin_for(config, request.user, None)
+    origin = await unbound_origin(config, request.user)
     idem = await idempotent_write(request, native_card)
     return present(await service.block(number, data.reason, origin, idem), native_card)
 
@@ -321,7 +321,7 @@ async def block(
 async def unblock(
     number: str, request: Request[Client, Any, Any], service: CardService, config: ConfigStore
 ) -> Card:
-    origin = await origin_for(config, request.user, None)
+    origin = await unbound_origin(config, request.user)
     idem = await idempotent_write(request, native_card)
     return present(await service.unblock(number, origin, idem), native_card)
 

@@ -233,6 +233,22 @@ async def test_another_clients_hold_can_be_neither_captured_nor_voided(http, wor
     assert amounts(await card(http, world.pos.headers, FIXED)) == (5000, 2000, 3000)
 
 
+async def test_a_client_of_several_locations_voids_its_hold_and_an_admin_blocks(http, world):
+    """Releasing one's own hold, block and unblock are bound to no location, so a client allowed
+    at several locations is not refused for naming none."""
+    both = ("SHOP1", "SHOP2")
+    till = await world.client("till", locations=both)
+    await issue(http, till.headers, number=FIXED, amount_minor=5000, location_code="SHOP2")
+    hold_id, _ = await hold(http, till.headers, FIXED, amount_minor=2000, location_code="SHOP1")
+    response = await command(http, till.headers, FIXED, f"holds/{hold_id}/void")
+    assert response.status_code == 200, response.text
+    assert amounts(response.json()) == (5000, 0, 5000)
+    admin = await world.client("admin", ("admin",), locations=both)
+    for action, body in (("block", {"reason": "lost"}), ("unblock", None)):
+        response = await command(http, admin.headers, FIXED, action, body)
+        assert response.status_code == 200, response.text
+
+
 async def test_void_releases_the_hold(http, world):
     await issue(http, world.pos.headers, number=FIXED, amount_minor=5000)
     hold_id, _ = await hold(http, world.pos.headers, FIXED, amount_minor=2000)
