@@ -17,7 +17,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from projections.config import SCOPES, Client
+from projections.config import DEFAULT_CLIENT_SCOPES, SCOPES, Client
 
 ADMIN_SCOPE = "admin"
 # The scopes that change cards; a role holding none of them is read-only.
@@ -26,7 +26,7 @@ WRITE_SCOPES = frozenset({"cards:sell", "cards:redeem", "cards:reserve", ADMIN_S
 # A role is a named set of scopes, for `giftledger clients create --role`. Finance also reads
 # cards, to look one up while it chases a settlement difference.
 ROLES: dict[str, tuple[str, ...]] = {
-    "pos": ("cards:read", "cards:sell", "cards:redeem", "cards:reserve"),
+    "pos": DEFAULT_CLIENT_SCOPES,  # A client created without --role or --scopes is a till.
     "issuer": ("cards:read", "cards:sell"),
     "auditor": ("cards:read", "audit:read"),
     "finance": ("cards:read", "finance:export"),
