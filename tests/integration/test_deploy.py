@@ -127,3 +127,17 @@ def test_the_systemd_unit_runs_real_commands_as_a_service_user(key):
     line = re.search(rf"^{key}=(.*)$", unit, re.MULTILINE)
     assert line is not None
     assert cli_exists(shlex.split(line.group(1)))
+
+
+def test_only_the_ingress_and_the_scraper_reach_pods_that_trust_forwarded_headers():
+    """The deployment trusts every proxy's X-Forwarded-* headers, so a network policy must keep
+    every other pod of the cluster away from the API port."""
+    argv = container(k8s("deployment.yaml"))["command"]
+    assert argv[argv.index("--forwarded-allow-ips") + 1] == "*"
+    policy = k8s("networkpolicy.yaml")["spec"]
+    labels = k8s("deployment.yaml")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"] == labels
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
+    assert rule["ports"] == [{"port": "http"}]
