@@ -106,13 +106,14 @@ RULES: dict[tuple[str, str], Rule] = {
 }  # fmt: skip
 
 
-def holds_scope(client: Client, scope: str) -> bool:
-    return scope in client.scopes or ADMIN_SCOPE in client.scopes
+def holds_scope(scopes: tuple[str, ...], scope: str) -> bool:
+    """Whether a client (or a role) with these scopes may use a rule needing this one."""
+    return scope in scopes or ADMIN_SCOPE in scopes
 
 
 def check_scope(client: Client, scope: str) -> None:
     """Refuse (403) a client that holds neither the scope nor admin."""
-    if not holds_scope(client, scope):
+    if not holds_scope(client.scopes, scope):
         raise PermissionDeniedException(f"this client lacks the scope {scope!r}")
 
 
@@ -189,7 +190,7 @@ PUBLIC = "public"
 def outcome(rule_scope: str | None, located: bool, role_scopes: tuple[str, ...]) -> str:
     if rule_scope is None:
         return PUBLIC
-    if rule_scope not in role_scopes and ADMIN_SCOPE not in role_scopes:
+    if not holds_scope(role_scopes, rule_scope):
         return REFUSED
     return ALLOWED_AT_OWN_LOCATIONS if located else ALLOWED
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
+from litestar.params import Parameter
 
 from api.errors import ApiError
 
@@ -44,6 +45,13 @@ TransactionNo = Annotated[
 ]
 Reason = Annotated[
     str, msgspec.Meta(min_length=1, max_length=REASON_LENGTH_MAX, pattern=NO_CONTROL_CHARACTERS)
+]
+
+
+# The `as_of` query parameter of time travel and the liability report; see parse_instant.
+AsOf = Annotated[
+    str | None,
+    Parameter(max_length=INSTANT_LENGTH_MAX, description="ISO 8601 instant with a time zone"),
 ]
 
 

@@ -13,7 +13,7 @@ from litestar.params import Parameter
 
 from api.context import origin_for, unbound_origin
 from api.errors import ApiError
-from api.fields import INSTANT_LENGTH_MAX, CardTypeName, LocationCode, Reason, parse_instant
+from api.fields import AsOf, CardTypeName, LocationCode, Reason, parse_instant
 from api.giftstream import generated_identifier
 from api.idempotency import idempotent_write, present
 from api.replica import ReadRouting
@@ -30,10 +30,6 @@ EVENTS_PAGE_SIZE_DEFAULT = 100
 HOLD_TTL_SECONDS_MAX = 86_400
 
 AmountMinor = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_MINOR_MAX)]
-AsOf = Annotated[
-    str | None,
-    Parameter(max_length=INSTANT_LENGTH_MAX, description="ISO 8601 instant with a time zone"),
-]
 
 
 class IssueRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -18,7 +18,7 @@ from litestar import MediaType, Response, Router, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
-from api.fields import INSTANT_LENGTH_MAX, parse_instant
+from api.fields import AsOf, parse_instant
 from api.reports_page import PAGE_HEADERS, PAGE_HTML
 from ledger.money import currency as currency_of
 from projections import reports
@@ -31,10 +31,6 @@ CSV_MEDIA_TYPE = "text/csv"
 Format = Annotated[Literal["json", "csv"], QueryParameter(name="format")]
 FromDay = Annotated[date | None, QueryParameter(name="from", description="first UTC day, included")]
 ToDay = Annotated[date | None, QueryParameter(name="to", description="last UTC day, included")]
-AsOf = Annotated[
-    str | None,
-    QueryParameter(max_length=INSTANT_LENGTH_MAX, description="ISO 8601 instant with a time zone"),
-]
 
 
 class LiabilityLine(msgspec.Struct):

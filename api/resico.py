@@ -12,13 +12,13 @@ from litestar.di import Provide
 from litestar.exceptions import PermissionDeniedException
 
 from api.authz import ALLOW_ONLY
-from api.context import DecimalNumberResponse, origin_for, utc_now
+from api.context import DecimalNumberResponse, origin_for, unbound_origin
 from api.errors import ApiError
 from api.fields import LocationCode, TransactionNo
 from api.idempotency import SALE_SCOPE_PREFIX, idempotent_write, present
 from api.replica import ReadRouting
 from api.service import CardService, new_hold_id
-from ledger.card import CardTerms, Origin, add_months, mask_card_number
+from ledger.card import CardTerms, add_months, mask_card_number
 from ledger.money import currency, to_major, to_minor
 from projections.cards import CardView
 from projections.config import Client, ConfigStore
@@ -150,10 +150,10 @@ async def reserve_card(
 
 @get("/cancelreserve/{card_id:str}")
 async def cancel_reserve(
-    card_id: str, request: Request[Client, Any, Any], service: CardService
+    card_id: str, request: Request[Client, Any, Any], service: CardService, config: ConfigStore
 ) -> ResicoCard:
     """Release the caller's hold on the card. Only the caller's own hold is touched."""
-    origin = Origin(occurred_at=utc_now(), actor=request.user.client_id)
+    origin = await unbound_origin(config, request.user)
     return present(await service.cancel_reservation(card_id, origin), resico_card)
 
 
