@@ -88,17 +88,17 @@ def serve(
     from api.logs import logging_dict
     from api.tracing import TracingUnavailableError, check_tracing_available
 
-    settings = _settings()
-    if settings.otel_enabled:
-        try:
-            check_tracing_available()
-        except TracingUnavailableError as exc:
-            raise click.ClickException(str(exc)) from None
     if not access_log:
         # The workers read their settings from the environment; our access log replaces
         # uvicorn's, so the flag reaches it this way.
         os.environ["GIFTLEDGER_ACCESS_LOG"] = "0"
-        settings = _settings()
+    settings = _settings()
+    if settings.otel_enabled:
+        # Here as well as in each worker: refuse before the database starts, not after.
+        try:
+            check_tracing_available()
+        except TracingUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
     url = database_url(settings)
     asyncio.run(prepare_database(url, settings))
     demo = asyncio.run(seed_demo(url, settings.data_dir)) if settings.seed_demo else None

@@ -228,11 +228,10 @@ def refine(document: dict[str, Any]) -> None:
                 responses[str(status)] = response
             if is_public_path(path):
                 operation["security"] = []
-            for (link_path, link_method, status), links in LINKS.items():
-                if (link_path, link_method) == (path, method) and status in responses:
-                    responses[status]["links"] = {
-                        name: _link(*target) for name, target in links.items()
-                    }
+            for code, response in responses.items():
+                links = LINKS.get((path, method, code))
+                if links:
+                    response["links"] = {name: _link(*target) for name, target in links.items()}
 
 
 def refine_openapi(app: Litestar) -> None:
