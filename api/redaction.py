@@ -13,11 +13,8 @@ from typing import Any
 
 from ledger.card import mask_card_number
 
-# The path segment after these names is a card number in every API this service serves; a
-# route template's placeholder (`cards/{number}`, as the access log writes paths) is left as is.
-_CARD_IN_PATH = re.compile(
-    r"(?<=/)(cards|reserve|cancelreserve)/(?!\{\w+(?::\w+)?\}(?:[/?#\s\"']|$))([^/?#\s\"']+)"
-)
+# The path segment after these names is a card number in every API this service serves.
+_CARD_IN_PATH = re.compile(r"(?<=/)(cards|reserve|cancelreserve)/([^/?#\s\"']+)")
 # Any other long digit run (a number in a mistyped path, or in a database error) is masked
 # too; 12 digits is the shortest card number masking would leave a last 4 of.
 _LONG_DIGIT_RUN = re.compile(r"\d{12,}")
@@ -27,6 +24,9 @@ _SECRET_PARAMETER = re.compile(
     r"(?i)\b((?:client_secret|access_token|refresh_token|token|secret|password)=)[^&\s\"']+"
 )
 REDACTED = "[redacted]"
+# The access log writes route templates (`/cards/{number}`), and redacts the path of a request
+# no route matched itself; its records skip the factory's second pass on every request.
+ACCESS_LOGGER = "giftledger.access"
 
 
 def _mask_path_number(match: re.Match[str]) -> str:
@@ -70,7 +70,8 @@ def install_log_redaction() -> None:
 
     def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        _redact_record(record)
+        if record.name != ACCESS_LOGGER:
+            _redact_record(record)
         return record
 
     redacting_factory.redacts = True  # type: ignore[attr-defined]

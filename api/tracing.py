@@ -7,7 +7,7 @@ refusing to start. Spans go to the OTLP exporter, configured by the standard OTE
 (`opentelemetry-instrument`, or a test's in-memory exporter), which is then used as it is.
 
 Card numbers are bearer secrets and travel in paths, so no span carries a raw path: a span is
-named by method and route template (`POST /v1/cards/{number:str}/redeem`), and the request
+named by method and route template (`POST /v1/cards/{number}/redeem`), and the request
 attributes the ASGI instrumentation takes from the URL are redacted as api/redaction.py does.
 """
 
