@@ -19,7 +19,10 @@ from litestar._openapi.plugin import OpenAPIPlugin
 
 from api.authz import is_public_path
 from api.fields import INSTANT_LENGTH_MAX
-from api.ledger_export import MEDIA_TYPES
+from api.giftstream import FIELDS as GIFTSTREAM_FIELDS
+from api.giftstream import INTEGER_DIGITS_MAX
+from api.ledger_export import MEDIA_TYPES, ExportFormat, ExportKind
+from ledger.card import CARD_NUMBER_LENGTH_MAX
 
 BEARER_SCHEME = "bearer"
 
@@ -115,7 +118,8 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = 
 }
 
 
-_DIGITS = {"type": "string", "pattern": r"^[0-9]{1,18}$"}
+_INTEGER = {"type": "integer", "minimum": 0, "maximum": 10**INTEGER_DIGITS_MAX - 1}
+_DIGITS = {"type": "string", "pattern": rf"^[0-9]{{1,{INTEGER_DIGITS_MAX}}}$"}
 GIFTSTREAM_BODY = {
     "type": "object",
     "description": "GiftStream's fields, as JSON (numbers or strings of digits) or form fields.",
@@ -125,11 +129,12 @@ GIFTSTREAM_BODY = {
         "cardType": {"oneOf": [{"type": "integer", "enum": [1, 2]}, {"enum": ["1", "2"]}]},
         "currencyCode": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 999}, _DIGITS]},
         "expiry": {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
-        "identifier": {"type": "string", "maxLength": 256},
+        "identifier": {"type": "string", "maxLength": CARD_NUMBER_LENGTH_MAX},
         "initialBalance": {"type": "string", "pattern": r"^[0-9]{1,5}(\.[0-9]{1,2})?$"},
-        "siteId": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, _DIGITS]},
+        "siteId": {"oneOf": [_INTEGER, _DIGITS]},
     },
 }
+assert GIFTSTREAM_BODY["properties"].keys() == GIFTSTREAM_FIELDS, "the document lists every field"
 # Bodies that the handlers read themselves, so Litestar cannot document them.
 REQUEST_BODIES = {
     (GIFTSTREAM_PATH, "post"): {
@@ -149,8 +154,8 @@ INSTANT = {"type": "string", "format": "date-time", "maxLength": INSTANT_LENGTH_
 EXPORT_PARAMETERS = {
     "from": {"required": True, "schema": INSTANT},
     "to": {"required": True, "schema": INSTANT},
-    "format": {"schema": {"type": "string", "enum": ["csv", "jsonl", "parquet"]}},
-    "kind": {"schema": {"type": "string", "enum": ["events", "postings"]}},
+    "format": {"schema": {"type": "string", "enum": [f.value for f in ExportFormat]}},
+    "kind": {"schema": {"type": "string", "enum": [k.value for k in ExportKind]}},
 }
 INSTANT_PARAMETER = {"schema": INSTANT}
 PARAMETERS = {
