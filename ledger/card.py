@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -39,6 +40,8 @@ CARD_NUMBER_MASKED_LENGTH_MIN = 12
 HOLDS_PER_CARD_MAX = 32
 # Card ids are derived from card numbers, so the number alone finds the aggregate.
 CARD_ID_NAMESPACE = uuid.UUID("6f1d3a52-31a4-4c2e-9a2f-5d8e0c7a9b11")
+# Card ids remembered per process (about 200 bytes each).
+CARD_IDS_CACHED_MAX = 65_536
 
 
 class CardStatus(StrEnum):
@@ -91,7 +94,10 @@ class Hold:
     expires_at: datetime
 
 
+@functools.lru_cache(maxsize=CARD_IDS_CACHED_MAX)
 def card_id_for(number: str) -> uuid.UUID:
+    """The card's aggregate id: a uuid5 of its number, remembered for the busiest numbers, as
+    the SHA-1 behind it was a twentieth of a payment's event-loop time."""
     return uuid.uuid5(CARD_ID_NAMESPACE, number)
 
 
