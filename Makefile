@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/giftledger serve --host 127.0.0.1 --port 8080
 
-# The /reports page is tested in a real headless chromium (tests/integration/test_reports_page.py).
+# The /reports page is tested in a real headless chromium (tests/integration/test_reports_page.py),
+# and deploy/nginx.conf in a real nginx (tests/integration/test_proxy.py). Debian puts nginx in
+# /usr/sbin, which is not on every user's PATH.
 test: $(STAMP)
 	command -v chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	command -v nginx || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
