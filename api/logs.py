@@ -10,6 +10,7 @@ record's message and arguments as the record is created, before any formatter se
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -87,13 +88,25 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes, like logging's last resort: a
+    stream bound at configuration time may be closed by then (pytest's capture, or a library's
+    exit hook logging after it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def _stderr_handler() -> dict[str, Any]:
-    return {
-        "class": "logging.StreamHandler",
-        "formatter": "giftledger",
-        "filters": ["context"],
-        "stream": "ext://sys.stderr",
-    }
+    return {"class": "api.logs.StderrHandler", "formatter": "giftledger", "filters": ["context"]}
 
 
 def _logging_parts(settings: Settings) -> dict[str, Any]:

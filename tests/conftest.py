@@ -28,7 +28,8 @@ TEST_SIGNING_KEY = pinned_signing_key(TEST_JWT_SECRET)
 TEST_HOLD_TTL_SECONDS = 900
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
+    """The server's URL naming another database; the query (an embedded socket folder) stays."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
 
@@ -61,7 +62,7 @@ def database_url(server_url: str) -> Iterator[str]:
             await conn.close()
 
     run_blocking(admin(f'CREATE DATABASE "{name}"'))
-    yield _with_database(server_url, name)
+    yield with_database(server_url, name)
     run_blocking(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 

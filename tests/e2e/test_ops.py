@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from projections.database import unsafe_durability
-from tests.conftest import _with_database
+from tests.conftest import with_database
 
 NUMBER = "7100000000000000001"
 
@@ -74,7 +74,7 @@ async def database_without_synchronous_commit(server_url: str):
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-        yield _with_database(server_url, name)
+        yield with_database(server_url, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

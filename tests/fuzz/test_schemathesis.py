@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.conftest import with_database
 from tests.integration.served import cli_ok, served, server_logs, unpinned_env
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -34,7 +35,8 @@ async def fuzz_database(server_url: str) -> AsyncIterator[str]:
     conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
-        yield server_url.rsplit("/", 1)[0] + f"/{name}"
+        # The database is the URL's path; an embedded server's socket folder is in its query.
+        yield with_database(server_url, name)
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
