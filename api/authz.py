@@ -130,9 +130,14 @@ def is_automatic_options(handler: BaseRouteHandler) -> bool:
     return bool(qualname == "HTTPRoute.create_options_handler.<locals>.options_handler")
 
 
+# The public path templates; a path is public for every method or for none.
+PUBLIC_PATHS = frozenset(path for (_, path), rule in RULES.items() if rule.scope is None)
+assert not PUBLIC_PATHS & {path for (_, path), rule in RULES.items() if rule.scope is not None}
+
+
 def is_public_path(path: str) -> bool:
     """Whether the path template's rules are public (for the OpenAPI document's security)."""
-    return any(rule.scope is None for (_, p), rule in RULES.items() if p == path)
+    return path in PUBLIC_PATHS
 
 
 async def authorize(
@@ -174,10 +179,7 @@ def public_path_patterns() -> list[str]:
     Anchored, since Litestar searches a pattern anywhere in the path: a bare "/ping" would also
     skip authentication for /v1/cards/ping.
     """
-    public = {path for (_, path), rule in RULES.items() if rule.scope is None}
-    protected = {path for (_, path), rule in RULES.items() if rule.scope is not None}
-    assert not public & protected, "a path is public for every method or for none"
-    return [_anchored(path) for path in sorted(public)]
+    return [_anchored(path) for path in sorted(PUBLIC_PATHS)]
 
 
 # The matrix: what each role gets on each rule.
