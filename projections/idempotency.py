@@ -17,9 +17,12 @@ INSERT_SQL = (
     " (scope, key, request_hash, status_code, response_body, media_type)"
     " VALUES (%s, %s, %s, %s, %s, %s)"
 )
+# LATERAL with LIMIT (which keeps the planner from flattening it): one probe of the primary key
+# per key asked for, however big the table; a semi-join may be planned as a sequential scan.
 SELECT_SQL = (
-    "SELECT scope, key, request_hash, status_code, response_body, media_type"
-    " FROM idempotency_keys WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+    "SELECT i.scope, i.key, i.request_hash, i.status_code, i.response_body, i.media_type"
+    " FROM unnest(%s::text[], %s::text[]) AS t(scope, key) CROSS JOIN LATERAL"
+    " (SELECT * FROM idempotency_keys WHERE scope = t.scope AND key = t.key LIMIT 1) i"
 )
 
 

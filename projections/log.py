@@ -41,9 +41,11 @@ LOG_TABLE_SQL = """
     CREATE INDEX ledger_log_reference ON ledger_log (reference) WHERE reference IS NOT NULL;
 """
 
+# LATERAL: one probe of the (card_id, version) index per card, whatever the table's size.
 _PREVIOUS_HASHES_SQL = (
-    "SELECT card_id, card_hash AS hash FROM ledger_log"
-    " WHERE (card_id, version) IN (SELECT * FROM unnest(%s::uuid[], %s::bigint[]))"
+    "SELECT l.card_id, l.card_hash AS hash FROM unnest(%s::uuid[], %s::bigint[]) AS t(id, v)"
+    " CROSS JOIN LATERAL (SELECT card_id, card_hash FROM ledger_log"
+    "  WHERE card_id = t.id AND version = t.v LIMIT 1) l"
     " UNION ALL (SELECT NULL, chain_hash FROM ledger_log ORDER BY position DESC LIMIT 1)"
 )
 _INSERT_SQL = (
