@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
@@ -41,6 +42,11 @@ from projections.config import ConfigStore
 from projections.database import eventsourcing_env
 
 READ_POOL_SIZE_MAX = 20
+# Allocations between two young-generation collections in a served process (CPython's default
+# is 700). Each request allocates thousands of objects, so at the default the collector ran
+# every few requests, and its older-generation passes over the cached cards stalled the event
+# loop. Measured under wrk at 64 connections: pay's p99 fell from about 150 ms to 60 ms.
+GC_GEN0_THRESHOLD = 50_000
 # Every body this service takes is a few hundred bytes. A route that takes files sets its own
 # larger `request_max_body_size`; this is the limit everywhere else (413 beyond it).
 REQUEST_BODY_BYTES_MAX = 16 * 1024
@@ -92,7 +98,17 @@ DEPENDENCIES = {
 }  # fmt: skip
 
 
-def create_app(settings: Settings) -> Litestar:
+def tune_gc() -> None:
+    """For a served process, once it has started: what exists now lives as long as the process,
+    so it is frozen out of every future collection, and young collections are made rarer."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
+
+
+def create_app(settings: Settings, served: bool = False) -> Litestar:
+    """`served` is for the process that serves HTTP (not tests): its garbage collector is tuned
+    once the app has started."""
     url = database_url(settings)
     run_blocking(prepare_database(url, settings))
     install_log_redaction()
@@ -126,6 +142,8 @@ def create_app(settings: Settings) -> Litestar:
         sweeper = asyncio.create_task(
             run_sweeper(reader, service, settings.hold_sweep_interval_seconds)
         )
+        if served:
+            tune_gc()
         try:
             yield
         finally:
@@ -184,4 +202,4 @@ def create_app(settings: Settings) -> Litestar:
 
 def app_from_env() -> Litestar:
     """The uvicorn factory: settings are read from the environment exactly once, here."""
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(), served=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import secrets
 import traceback
 
@@ -10,7 +11,7 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
+from api.app import GC_GEN0_THRESHOLD, create_app
 from projections.database import unsafe_durability
 from tests.conftest import with_database
 
@@ -93,3 +94,19 @@ async def test_the_service_refuses_to_start_where_commits_could_be_lost(
     allowed = dataclasses.replace(unsafe, allow_unsafe_durability=True)
     async with AsyncTestClient(app=create_app(allowed)) as client:
         assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_a_served_app_tunes_its_garbage_collector_once_started(settings):
+    before = gc.get_threshold()
+    try:
+        async with AsyncTestClient(app=create_app(settings)):
+            assert gc.get_threshold() == before  # Tests and tools keep CPython's defaults.
+        app = create_app(settings, served=True)
+        assert gc.get_threshold() == before
+        async with AsyncTestClient(app=app) as client:
+            assert (await client.get("/health/live")).status_code == 200
+            assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
