@@ -124,3 +124,44 @@ def test_a_batch_beaten_by_another_writer_reruns_each_command_with_fresh_reads(
     assert jobs[0].future.result().balance_minor == 600
     assert isinstance(jobs[1].future.exception(), InsufficientFunds)
     assert versions(service, "6000000000000005") == ["Sold", "Redeemed", "Redeemed"]
+
+
+def test_a_batch_that_does_not_commit_leaves_no_trace_in_the_cached_cards(service, monkeypatch):
+    """The writer applies commands to its cached cards in place; a batch that fails to commit
+    must not leave its changes there for the next batch to build on."""
+    service.sell_now("6000000000000006", 6, TERMS, 1000, origin())
+    service.commit_batch([redeem("6000000000000006", 100)])  # Now cached, at 900.
+    real_save = service.ledger.save
+
+    def database_gone(*args, **kwargs):
+        raise ConnectionError("the database went away before the commit")
+
+    monkeypatch.setattr(service.ledger, "save", database_gone)
+    with pytest.raises(ConnectionError):
+        service.commit_batch([redeem("6000000000000006", 300)])
+    monkeypatch.setattr(service.ledger, "save", real_save)
+    job = redeem("6000000000000006", 50)
+    service.commit_batch([job])
+
+    assert job.future.result().balance_minor == 850
+    assert versions(service, "6000000000000006") == ["Sold", "Redeemed", "Redeemed"]
+
+
+def test_commands_rerun_after_a_conflict_start_from_the_stored_card(service, monkeypatch):
+    service.sell_now("6000000000000007", 7, TERMS, 1000, origin())
+    service.commit_batch([redeem("6000000000000007", 100)])  # Now cached, at 900.
+    real_save = service.ledger.save
+    refusals = []
+
+    def conflict_once(*args, **kwargs):
+        if not refusals:
+            refusals.append(args)
+            raise IntegrityError("another process wrote this card first")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(service.ledger, "save", conflict_once)
+    jobs = [redeem("6000000000000007", 300), redeem("6000000000000007", 200)]
+    service.commit_batch(jobs)
+
+    assert [job.future.result().balance_minor for job in jobs] == [600, 400]
+    assert versions(service, "6000000000000007") == ["Sold", "Redeemed", "Redeemed", "Redeemed"]
