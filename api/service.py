@@ -200,6 +200,9 @@ class Job:
     idem: IdempotentWrite | None
     create: Callable[[], Card] | None = None
     future: Future[Outcome] = field(default_factory=Future)
+    # An asynchronous caller's future, settled on its event loop together with the rest of its
+    # batch (one wake-up of the loop per batch, not one per command).
+    waiter: asyncio.Future[Outcome] | None = None
     # A uuid5 of the number, asked for several times per job by the writer.
     card_id: uuid.UUID = field(init=False)
 
@@ -274,6 +277,7 @@ class CardService:
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(exc)
+                _deliver(batch)
             if stop:
                 return
 
@@ -286,6 +290,8 @@ class CardService:
             # The batch's cards were changed in place and may not have been stored.
             self._evict(card_ids)
             raise
+        finally:
+            _deliver(jobs)
 
     def _evict(self, card_ids: set[uuid.UUID]) -> None:
         cache = self.ledger.repository.cache
@@ -596,14 +602,20 @@ class CardService:
 
     async def execute(self, number: str, command: Callable[[Card], Any],
                       idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await asyncio.wrap_future(self.submit(number, command, idem))
+        check_card_number(number)
+        return await self._await(Job(number, command, idem))
+
+    async def _await(self, job: Job) -> Outcome:
+        job.waiter = asyncio.get_running_loop().create_future()
+        self.submit_job(job)
+        return await job.waiter
 
     async def sell(self, number: str, ref: int, terms: CardTerms, amount_minor: int,
                    origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
         check_card_number(number)
         job = Job(number, _no_command, idem,
                   create=lambda: Card.sell(number, ref, terms, amount_minor, origin))  # fmt: skip
-        return await asyncio.wrap_future(self.submit_job(job))
+        return await self._await(job)
 
     async def redeem(self, number: str, amount: int | Decimal, origin: Origin,
                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
@@ -689,6 +701,30 @@ class CardService:
 
     async def verify(self) -> AuditReport:
         return await self._run(partial(verify_ledger, self.ledger, self.ledger.events_table()))
+
+
+def _deliver(jobs: list[Job]) -> None:
+    """Hand each settled job's outcome to its waiting coroutine: one call per event loop."""
+    ready: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+    for job in jobs:
+        if job.waiter is not None and job.future.done():
+            ready.setdefault(job.waiter.get_loop(), []).append(job)
+    for loop, settled in ready.items():
+        with contextlib.suppress(RuntimeError):  # That loop has closed: nobody is waiting.
+            loop.call_soon_threadsafe(_settle_waiters, settled)
+
+
+def _settle_waiters(jobs: list[Job]) -> None:
+    """On the waiters' event loop."""
+    for job in jobs:
+        waiter = job.waiter
+        if waiter is None or waiter.done():  # Cancelled: its request went away.
+            continue
+        exc = job.future.exception()
+        if exc is None:
+            waiter.set_result(job.future.result())
+        else:
+            waiter.set_exception(exc)
 
 
 def _answer(card: Card, idem: IdempotentWrite | None) -> Outcome:
