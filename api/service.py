@@ -170,7 +170,7 @@ def latest_snapshots_sql(snapshots_table: str) -> str:
     """Each card's newest snapshot; parameters: the card ids."""
     return (
         "SELECT s.originator_id, s.originator_version, s.topic, s.state"  # noqa: S608
-        " FROM unnest(%s::uuid[]) AS t(id) CROSS JOIN LATERAL"
+        " FROM unnest(%b::uuid[]) AS t(id) CROSS JOIN LATERAL"
         f" (SELECT * FROM {snapshots_table} WHERE originator_id = t.id"
         "  ORDER BY originator_version DESC LIMIT 1) s"
     )
@@ -180,7 +180,7 @@ def catch_up_sql(events_table: str) -> str:
     """Each card's events after a version; parameters: the card ids, and their versions."""
     return (
         "SELECT e.originator_id, e.originator_version, e.topic, e.state"  # noqa: S608
-        " FROM unnest(%s::uuid[], %s::int[]) AS t(id, v) CROSS JOIN LATERAL"
+        " FROM unnest(%b::uuid[], %b::int[]) AS t(id, v) CROSS JOIN LATERAL"
         f" (SELECT * FROM {events_table}"
         "  WHERE originator_id = t.id AND originator_version > t.v"
         "  ORDER BY originator_version) e"

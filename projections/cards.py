@@ -91,12 +91,12 @@ _CARD_COLUMN_TYPES = (
 )  # fmt: skip
 UPSERT_CARDS_SQL = (
     f"INSERT INTO card_views ({_CARD_COLUMNS}) SELECT * FROM unnest("  # noqa: S608
-    + ", ".join(f"%s::{t}[]" for t in _CARD_COLUMN_TYPES)
+    + ", ".join(f"%b::{t}[]" for t in _CARD_COLUMN_TYPES)
     + ") ON CONFLICT (card_id) DO UPDATE SET balance_minor = EXCLUDED.balance_minor,"
     " reserved_minor = EXCLUDED.reserved_minor, status = EXCLUDED.status,"
     " version = EXCLUDED.version"
 )
-DELETE_HOLDS_SQL = "DELETE FROM card_holds WHERE card_id = ANY(%s::uuid[])"
+DELETE_HOLDS_SQL = "DELETE FROM card_holds WHERE card_id = ANY(%b::uuid[])"
 INSERT_HOLD_SQL = (
     "INSERT INTO card_holds (hold_id, card_id, client_id, amount_minor, expires_at)"
     " VALUES (%s, %s, %s, %s, %s)"

@@ -21,7 +21,7 @@ INSERT_SQL = (
 # per key asked for, however big the table; a semi-join may be planned as a sequential scan.
 SELECT_SQL = (
     "SELECT i.scope, i.key, i.request_hash, i.status_code, i.response_body, i.media_type"
-    " FROM unnest(%s::text[], %s::text[]) AS t(scope, key) CROSS JOIN LATERAL"
+    " FROM unnest(%b::text[], %b::text[]) AS t(scope, key) CROSS JOIN LATERAL"
     " (SELECT * FROM idempotency_keys WHERE scope = t.scope AND key = t.key LIMIT 1) i"
 )
 

@@ -43,15 +43,15 @@ LOG_TABLE_SQL = """
 
 # LATERAL: one probe of the (card_id, version) index per card, whatever the table's size.
 _PREVIOUS_HASHES_SQL = (
-    "SELECT l.card_id, l.card_hash AS hash FROM unnest(%s::uuid[], %s::bigint[]) AS t(id, v)"
+    "SELECT l.card_id, l.card_hash AS hash FROM unnest(%b::uuid[], %b::bigint[]) AS t(id, v)"
     " CROSS JOIN LATERAL (SELECT card_id, card_hash FROM ledger_log"
     "  WHERE card_id = t.id AND version = t.v LIMIT 1) l"
     " UNION ALL (SELECT NULL, chain_hash FROM ledger_log ORDER BY position DESC LIMIT 1)"
 )
 _INSERT_SQL = (
     "INSERT INTO ledger_log (position, card_id, version, occurred_at, idempotency_key,"
-    " reference, card_hash, chain_hash) SELECT * FROM unnest(%s::bigint[], %s::uuid[],"
-    " %s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::bytea[], %s::bytea[])"
+    " reference, card_hash, chain_hash) SELECT * FROM unnest(%b::bigint[], %b::uuid[],"
+    " %b::bigint[], %b::timestamptz[], %b::text[], %b::text[], %b::bytea[], %b::bytea[])"
 )
 # Rows per round trip while adopting a log written before the chain existed.
 ADOPT_BATCH_ROWS = 5_000

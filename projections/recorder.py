@@ -16,6 +16,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composable, Composed
 
 from projections.cards import (
     DELETE_HOLDS_SQL,
@@ -30,6 +31,10 @@ from projections.log import EventKeys, write_log
 
 
 class CardLedgerRecorder(PostgresApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.insert_events_statement = binary_parameters(self.insert_events_statement)
+
     def _insert_events(
         self,
         curs: Cursor[DictRow],
@@ -70,3 +75,14 @@ def write_card_views(curs: Cursor[DictRow], views: Sequence[CardView]) -> None:
     holds = hold_rows(ordered)
     if holds:
         curs.executemany(INSERT_HOLD_SQL, holds)
+
+
+def binary_parameters(statement: Composable) -> Composable:
+    """The statement with its parameters sent in binary (%b). psycopg dumps an array in binary
+    5 to 15 times faster than as text, and eventsourcing sends a batch's events as one array of
+    a composite type: its text dumping was the writer's largest single cost."""
+    if isinstance(statement, SQL):
+        return SQL(statement.as_string().replace("%s", "%b"))
+    if isinstance(statement, Composed):
+        return Composed([binary_parameters(part) for part in statement])
+    return statement  # An identifier or a literal: no parameters in it.

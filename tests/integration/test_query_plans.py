@@ -7,6 +7,7 @@ query is planned against tables that hold many cards, and its plan may not scan 
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import asyncpg
@@ -52,10 +53,10 @@ async def fill(pool: asyncpg.Pool, analyze: bool) -> list[uuid.UUID]:
 
 
 async def plan(pool: asyncpg.Pool, sql: str, *args: object) -> str:
-    """EXPLAIN of a psycopg-style query (%s placeholders), run through asyncpg ($n)."""
+    """EXPLAIN of a psycopg-style query (%s or %b placeholders), run through asyncpg ($n)."""
     numbered = sql
     for n in range(1, len(args) + 1):
-        numbered = numbered.replace("%s", f"${n}", 1)
+        numbered = re.sub("%[sb]", f"${n}", numbered, count=1)
     rows = await pool.fetch(f"EXPLAIN {numbered}", *args)
     return "\n".join(row[0] for row in rows)
 
