@@ -61,6 +61,9 @@ logger = logging.getLogger("giftledger.service")
 
 # Re-runs of a command whose write lost a race with another process, before giving up with 503.
 CONFLICT_RETRIES_MAX = 10
+# A batch beaten by another process's commit is re-run whole, with fresh reads, this many times
+# before each of its commands is re-run alone: one more transaction rather than one per command.
+BATCH_RERUNS_MAX = 2
 # Jittered exponential backoff between re-runs, so two processes hammering one card take turns
 # instead of colliding again at once: at most 1 ms, 2 ms, 4 ms ... capped at 50 ms a wait.
 CONFLICT_BACKOFF_BASE_SECONDS = 0.001
@@ -300,7 +303,7 @@ class CardService:
             with contextlib.suppress(KeyError):
                 cache.get(card_id, evict=True)
 
-    def _commit_batch(self, jobs: list[Job], card_ids: set[uuid.UUID]) -> None:
+    def _commit_batch(self, jobs: list[Job], card_ids: set[uuid.UUID], rerun: int = 0) -> None:
         stored = self._stored_answers([k for j in jobs if j.idem for k in j.idem.keys])
         known = self._fresh_cards(card_ids)
         cards: dict[uuid.UUID, Card] = {}
@@ -315,7 +318,7 @@ class CardService:
                     continue
                 keys_in_batch.update(job.idem.keys)
             self._stage(job, known, cards, stored, staged, event_keys)
-        self._commit_staged(cards, staged, event_keys)
+        self._commit_staged(cards, staged, event_keys, rerun)
         for job in alone:
             self._resolve_alone(job)
 
@@ -434,6 +437,7 @@ class CardService:
         cards: dict[uuid.UUID, Card],
         staged: list[tuple[Job, Outcome]],
         event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]],
+        rerun: int,
     ) -> None:
         if not staged:
             return
@@ -453,11 +457,16 @@ class CardService:
             )
         except IntegrityError:
             if probe is None or not self._landed(probe):
-                # Another process wrote one of these cards first: re-run each command alone,
-                # each from its card as stored (the cached ones hold this batch's changes).
+                # Another process wrote one of these cards first: re-run the commands from
+                # their cards as stored (the cached ones hold this batch's changes).
                 self._evict(set(cards))
-                for job, _ in staged:
-                    self._resolve_alone(job)
+                jobs = [job for job, _ in staged]
+                metrics.CONFLICT_RETRIES.inc(len(jobs))
+                if rerun < BATCH_RERUNS_MAX:
+                    self._commit_batch(jobs, {job.card_id for job in jobs}, rerun + 1)
+                else:
+                    for job in jobs:
+                        self._resolve_alone(job)
                 return
         cache = self.ledger.repository.cache
         assert cache is not None

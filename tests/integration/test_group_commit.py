@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from api.service import CardLedger, CardService, Job, ledger_env
+from api.service import BATCH_RERUNS_MAX, CardLedger, CardService, Job, ledger_env
 from ledger.card import CardTerms, Origin
 from ledger.errors import CardNotFound, InsufficientFunds
 from projections.database import eventsourcing_env
@@ -89,12 +89,42 @@ def test_a_commit_whose_acknowledgement_was_lost_is_neither_an_error_nor_a_secon
     assert versions(service, "6000000000000004") == ["Sold", "Redeemed"]
 
 
-def test_a_batch_beaten_by_another_writer_reruns_each_command_with_fresh_reads(
-    service, database_url, monkeypatch
-):
-    service.sell_now("6000000000000005", 5, TERMS, 1000, origin())
+@pytest.fixture
+def rival(database_url):
+    """Another process's writer on the same database."""
     rival_ledger = CardLedger(env=ledger_env(eventsourcing_env(database_url)))
     rival = CardService(rival_ledger, 900)
+    yield rival
+    rival.close()
+    rival_ledger.close()
+
+
+def test_a_batch_beaten_by_another_writer_is_rerun_whole_with_fresh_reads(
+    service, rival, monkeypatch
+):
+    service.sell_now("6000000000000008", 8, TERMS, 1000, origin())
+    real_fresh = service._fresh_cards
+    reads = []
+
+    def read_then_let_the_rival_write_once(card_ids):
+        cards = real_fresh(card_ids)
+        reads.append(sorted(card.version for card in cards.values()))
+        if len(reads) == 1:  # Another process commits to a card of the first read's batch.
+            rival.submit("6000000000000008", lambda c: c.redeem(100, origin())).result(10)
+        return cards
+
+    monkeypatch.setattr(service, "_fresh_cards", read_then_let_the_rival_write_once)
+    jobs = [redeem("6000000000000008", 300), redeem("6000000000000008", 650)]
+    service.commit_batch(jobs)
+
+    assert reads == [[1], [2]]  # One more read and transaction for the batch, not per command.
+    assert jobs[0].future.result().balance_minor == 600
+    assert isinstance(jobs[1].future.exception(), InsufficientFunds)
+    assert versions(service, "6000000000000008") == ["Sold", "Redeemed", "Redeemed"]
+
+
+def test_a_batch_beaten_again_and_again_reruns_each_command_alone(service, rival, monkeypatch):
+    service.sell_now("6000000000000005", 5, TERMS, 1000, origin())
     real_fresh, real_load = service._fresh_cards, service._load
     loads = []
 
@@ -113,17 +143,17 @@ def test_a_batch_beaten_by_another_writer_reruns_each_command_with_fresh_reads(
     monkeypatch.setattr(service, "_fresh_cards", read_then_let_the_rival_write)
     monkeypatch.setattr(service, "_load", load_alone)
     jobs = [redeem("6000000000000005", 300), redeem("6000000000000005", 650)]
-    try:
-        service.commit_batch(jobs)
-    finally:
-        rival.close()
-        rival_ledger.close()
+    service.commit_batch(jobs)
 
-    assert loads[0] == 1  # The batch read the card before the rival's write ...
-    assert loads[1:] == [2, 3]  # ... and each re-run read it afresh.
-    assert jobs[0].future.result().balance_minor == 600
+    # Each of the batch's reads (the first and BATCH_RERUNS_MAX more) was beaten by the rival.
+    # From the second read on, the 650 no longer fitted, and was refused there; the 300 was
+    # then re-run alone, from the card as stored.
+    rival_writes = 1 + BATCH_RERUNS_MAX
+    assert loads == [*range(1, 1 + rival_writes), 1 + rival_writes]
+    balance = 1000 - 100 * rival_writes
+    assert jobs[0].future.result().balance_minor == balance - 300
     assert isinstance(jobs[1].future.exception(), InsufficientFunds)
-    assert versions(service, "6000000000000005") == ["Sold", "Redeemed", "Redeemed"]
+    assert versions(service, "6000000000000005") == ["Sold"] + ["Redeemed"] * (rival_writes + 1)
 
 
 def test_a_batch_that_does_not_commit_leaves_no_trace_in_the_cached_cards(service, monkeypatch):
