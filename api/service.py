@@ -4,8 +4,8 @@ Card commands go through one writer thread per process, which applies the comman
 requests to their cards and commits them together, in one transaction (group commit). A request
 is answered only after its batch has committed. A command that breaks a rule fails alone; the
 rest of its batch commits. If another process wrote one of the batch's cards first, the
-store's optimistic concurrency refuses the batch, and each command is re-run alone with fresh
-reads, never the write replayed.
+store's optimistic concurrency refuses the batch: it is re-run whole with fresh reads (up to
+BATCH_RERUNS_MAX times), then each command alone, never the write replayed.
 """
 
 from __future__ import annotations
