@@ -10,6 +10,7 @@ import traceback
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import GC_GEN0_THRESHOLD, create_app
 from projections.database import unsafe_durability
@@ -55,6 +56,39 @@ async def test_metrics_count_requests_per_route_and_batches_without_card_numbers
     assert "giftledger_scheduler_holds_to_expire" in text
     assert "giftledger_projection_lag_events" in text
     assert NUMBER not in text
+
+
+def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+async def test_request_metrics_count_each_answer_by_route_and_status(http, world):
+    body = {"card_type": "dynamic19", "amount_minor": 900, "number": NUMBER}
+    assert (await http.post("/v1/cards", json=body, headers=world.pos.headers)).status_code == 201
+    route = {"app_name": "giftledger", "method": "POST", "path": "/v1/cards/{number}/redeem"}
+    paid, missing = ({**route, "status_code": status} for status in ("200", "404"))
+    series = [tuple(sorted(labels.items())) for labels in (paid, missing)]
+    names = ("giftledger_requests_total", "giftledger_request_duration_seconds_count")
+    before = (await http.get("/metrics")).text
+    pay = {"amount_minor": 100}
+    headers = world.pos.headers
+    assert (await http.post(f"/v1/cards/{NUMBER}/redeem", json=pay, headers=headers)).is_success
+    unknown = "7100000000000000019"
+    answer = await http.post(f"/v1/cards/{unknown}/redeem", json=pay, headers=headers)
+    assert answer.status_code == 404
+    after = (await http.get("/metrics")).text
+    for name in names:
+        old, new = _samples(before, name), _samples(after, name)
+        assert [new[key] - old.get(key, 0.0) for key in series] == [1.0, 1.0], name
+    # The gauge is labelled as Litestar labels it (status 200, before any answer), and is back
+    # to zero once both answers are out.
+    in_progress = _samples(after, "giftledger_requests_in_progress")
+    assert in_progress[tuple(sorted({**route, "status_code": "200"}.items()))] == 0.0
 
 
 def test_durability_settings_that_could_lose_commits_are_named():
