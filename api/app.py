@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 import asyncpg
-from litestar import Litestar, get
+from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -68,25 +69,26 @@ async def ping() -> str:
 # The app's singletons, handed to handlers by name. Litestar resolves the dependencies of one
 # level together in a new task group, which cost a payment a sixth of its event-loop time; so
 # each provider below names the one before it (and ignores it), every level holds one, and
-# Litestar awaits each inline. These are dictionary lookups, so resolving all five costs little.
-def _service(state: State) -> CardService:
-    return state.service
+# Litestar awaits each inline. They read the app's state through the request: a provider that
+# asked for `state` would get a fresh copy of the whole state for each call.
+def _service(request: Request[Any, Any, Any]) -> CardService:
+    return request.app.state.service
 
 
-def _config(state: State, service: CardService) -> ConfigStore:
-    return state.config
+def _config(request: Request[Any, Any, Any], service: CardService) -> ConfigStore:
+    return request.app.state.config
 
 
-def _reader(state: State, config: ConfigStore) -> CardReader:
-    return state.reader
+def _reader(request: Request[Any, Any, Any], config: ConfigStore) -> CardReader:
+    return request.app.state.reader
 
 
-def _settings(state: State, reader: CardReader) -> Settings:
-    return state.settings
+def _settings(request: Request[Any, Any, Any], reader: CardReader) -> Settings:
+    return request.app.state.settings
 
 
-def _routing(state: State, settings: Settings) -> ReadRouting:
-    return state.routing
+def _routing(request: Request[Any, Any, Any], settings: Settings) -> ReadRouting:
+    return request.app.state.routing
 
 
 DEPENDENCIES = {

@@ -66,17 +66,16 @@ def read_your_writes_middleware(app: ASGIApp) -> ASGIApp:
     """After a write, note the client's WAL position and tell it in a header."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "GET":
+        routing: ReadRouting = scope["app"].state.routing
+        if scope["type"] != "http" or scope["method"] == "GET" or routing.replica is None:
             await app(scope, receive, send)
             return
 
         async def send_noting(message: Message) -> None:
             user = scope.get("user")
-            routing: ReadRouting = scope["app"].state.routing
             if (
                 message["type"] == "http.response.start"
                 and user is not None
-                and routing.replica is not None
                 and message["status"] < 500
             ):
                 lsn = await routing.note_write(user.client_id)
