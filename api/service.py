@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import anyio.to_thread
 from eventsourcing.application import (
@@ -213,6 +213,15 @@ class Job:
         self.card_id = card_id_for(self.number)
 
 
+class Staged(NamedTuple):
+    """A command applied in a batch: its job, its answer, and its card's view after it (None
+    for a refusal, which changed nothing and is only kept for a retry of its request)."""
+
+    job: Job
+    answer: Outcome
+    view: CardView | None = None
+
+
 class CardService:
     def __init__(
         self,
@@ -307,7 +316,7 @@ class CardService:
         stored = self._stored_answers([k for j in jobs if j.idem for k in j.idem.keys])
         known = self._fresh_cards(card_ids)
         cards: dict[uuid.UUID, Card] = {}
-        staged: list[tuple[Job, Outcome]] = []
+        staged: list[Staged] = []
         event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]] = {}
         alone: list[Job] = []
         keys_in_batch: set[tuple[str, str]] = set()
@@ -328,7 +337,7 @@ class CardService:
         known: dict[uuid.UUID, Card],
         cards: dict[uuid.UUID, Card],
         stored: dict[tuple[str, str], dict[str, Any]],
-        staged: list[tuple[Job, Outcome]],
+        staged: list[Staged],
         event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]],
     ) -> None:
         earlier = cards.get(job.card_id)
@@ -349,7 +358,7 @@ class CardService:
             if job.idem is None:
                 job.future.set_exception(exc)
             else:  # Stored with the batch, so a retry gets this same refusal.
-                staged.append((job, job.idem.refusal(exc)))
+                staged.append(Staged(job, job.idem.refusal(exc)))
             return
         except IdempotencyKeyReused as exc:
             job.future.set_exception(exc)
@@ -357,7 +366,8 @@ class CardService:
         cards[job.card_id] = card
         if job.idem is not None:
             event_keys.update(_keys_of(card.pending_events[already_pending:], job.idem))
-        staged.append((job, _answer(card, job.idem)))
+        view = view_of(card)
+        staged.append(Staged(job, _answer(view, job.idem), view))
 
     def _card_for(
         self, job: Job, known: dict[uuid.UUID, Card], cards: dict[uuid.UUID, Card]
@@ -435,7 +445,7 @@ class CardService:
     def _commit_staged(
         self,
         cards: dict[uuid.UUID, Card],
-        staged: list[tuple[Job, Outcome]],
+        staged: list[Staged],
         event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]],
         rerun: int,
     ) -> None:
@@ -443,15 +453,18 @@ class CardService:
             return
         rows = [
             row
-            for job, answer in staged
+            for job, answer, _ in staged
             if job.idem and isinstance(answer, StoredResponse)
             for row in job.idem.rows(answer)
         ]
+        # Each card's view after the batch is the one after its last command.
+        views = {stage.job.card_id: stage.view for stage in staged if stage.view is not None}
+        assert views.keys() == cards.keys()
         probe = next((e for c in cards.values() for e in c.pending_events), None)
         try:
             self.ledger.save(
                 *cards.values(),
-                card_views=[view_of(c) for c in cards.values()],
+                card_views=list(views.values()),
                 idempotency_rows=rows,
                 event_keys=event_keys,
             )
@@ -460,7 +473,7 @@ class CardService:
                 # Another process wrote one of these cards first: re-run the commands from
                 # their cards as stored (the cached ones hold this batch's changes).
                 self._evict(set(cards))
-                jobs = [job for job, _ in staged]
+                jobs = [stage.job for stage in staged]
                 metrics.CONFLICT_RETRIES.inc(len(jobs))
                 if rerun < BATCH_RERUNS_MAX:
                     self._commit_batch(jobs, {job.card_id for job in jobs}, rerun + 1)
@@ -472,7 +485,7 @@ class CardService:
         assert cache is not None
         for card in cards.values():
             cache.put(card.id, card)  # Committed: the next batch starts from here.
-        for job, answer in staged:
+        for job, answer, _ in staged:
             job.future.set_result(answer)
 
     def _resolve_alone(self, job: Job) -> None:
@@ -508,7 +521,7 @@ class CardService:
                 if idem is None:
                     raise
                 return self._store_refusal(idem, exc)
-            answer = _answer(card, idem)
+            answer = _answer(view_of(card), idem)
             if not card.pending_events and idem is None:
                 return answer
             probe = next(iter(card.pending_events), None)
@@ -547,7 +560,7 @@ class CardService:
         if replay is not None:
             return replay
         card = create()
-        answer = _answer(card, idem)
+        answer = _answer(view_of(card), idem)
         probe = card.pending_events[0]
         try:
             self._save_alone(card, answer, idem)
@@ -736,9 +749,8 @@ def _settle_waiters(jobs: list[Job]) -> None:
             waiter.set_exception(exc)
 
 
-def _answer(card: Card, idem: IdempotentWrite | None) -> Outcome:
+def _answer(view: CardView, idem: IdempotentWrite | None) -> Outcome:
     """What the request is answered with: the card's view, rendered and kept when keyed."""
-    view = view_of(card)
     return idem.answer(view) if idem else view
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
@@ -57,6 +58,23 @@ def test_a_refused_command_fails_alone_and_the_rest_of_its_batch_commits(service
     assert versions(service, "6000000000000001") == ["Sold", "Redeemed", "Redeemed"]
     assert versions(service, "6000000000000002") == ["Sold", "Redeemed"]
     assert service.card_now("6000000000000002").balance_minor == 600
+
+
+def test_a_card_changed_twice_in_one_batch_is_projected_as_after_its_last_command(
+    service, database_url
+):
+    service.sell_now("6000000000000005", 5, TERMS, 1000, origin())
+    jobs = [redeem("6000000000000005", 300), redeem("6000000000000005", 200)]
+
+    service.commit_batch(jobs)
+
+    assert [j.future.result().balance_minor for j in jobs] == [700, 500]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT balance_minor, version FROM card_views WHERE number = %s",
+            ("6000000000000005",),
+        ).fetchone()
+    assert row == (500, 3)
 
 
 def test_concurrent_submissions_share_batches_and_all_commit(service):
