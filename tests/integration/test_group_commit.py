@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from api.service import BATCH_RERUNS_MAX, CardLedger, CardService, Job, ledger_env
+from api.service import (
+    BATCH_RERUNS_MAX,
+    WRITER_OS_THREAD_NAME,
+    CardLedger,
+    CardService,
+    Job,
+    ledger_env,
+)
 from ledger.card import CardTerms, Origin
 from ledger.errors import CardNotFound, InsufficientFunds
 from projections.database import eventsourcing_env
@@ -213,3 +222,12 @@ def test_commands_rerun_after_a_conflict_start_from_the_stored_card(service, mon
 
     assert [job.future.result().balance_minor for job in jobs] == [600, 400]
     assert versions(service, "6000000000000007") == ["Sold", "Redeemed", "Redeemed", "Redeemed"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread names are read from /proc")
+def test_the_writer_thread_is_named_for_the_os(service):
+    # Once the writer has answered a command, it has named itself.
+    refused = service.submit("6000000000000999", lambda card: None)
+    assert isinstance(refused.exception(timeout=10), CardNotFound)
+    comm = Path(f"/proc/self/task/{service._writer.native_id}/comm").read_text().strip()
+    assert comm == WRITER_OS_THREAD_NAME
