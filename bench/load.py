@@ -7,6 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cpu import CpuPerRequest
 from bench.seed import CARD_COUNT, CARD_NUMBER_LENGTH, CARD_PREFIX, BenchClient
 
 LUA_DIR = Path(__file__).parent / "lua"
@@ -51,6 +52,8 @@ class Measurement:
     sent: int
     first_error: str
     extra: dict[str, int]
+    # Filled in by the caller, which knows the service's processes (bench/cpu.py).
+    cpu: CpuPerRequest | None = None
 
     @property
     def rps(self) -> float:

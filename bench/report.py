@@ -78,18 +78,24 @@ def scenario_line(m: Measurement, floor_rps: float) -> str:
         f"  {m.scenario:<26} {m.rps:9.0f} req/s  p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms"
         f"  errors {m.errors:>5}  vs floor {m.rps / floor_rps if floor_rps else 0:5.2f}{extra}"
     )
+    if m.cpu is not None:
+        line += f"\n    {m.cpu.line()}"
     return line + (f"\n    first error: {m.first_error}" if m.first_error else "")
 
 
 def table(measurements: list[Measurement]) -> list[str]:
     rows = [
-        "| scenario | workers | req/s | p50 ms | p99 ms | errors | vs floor |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | workers | req/s | p50 ms | p99 ms | errors | vs floor"
+        " | service CPU us/req | of it, writer | PostgreSQL CPU us/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in sorted(measurements, key=lambda m: m.workers):
+        cpu = m.cpu
+        cells = ["-"] * 3 if cpu is None else [f"{cpu.service:.0f}", f"{cpu.writer:.0f}",
+                                               f"{cpu.postgres:.0f}"]  # fmt: skip
         rows.append(
             f"| {m.scenario} | {m.workers} | {m.rps:.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f}"
-            f" | {m.errors} | {ratio(m, measurements):.2f} |"
+            f" | {m.errors} | {ratio(m, measurements):.2f} | {' | '.join(cells)} |"
         )
     return rows
 
@@ -173,6 +179,9 @@ def results_document(
         " with 10,000 cards. wrk, the service and PostgreSQL share the machine's CPUs.",
         f"HTTP floor: `GET {info.floor_path}` on the same app. Every request counts as one"
         " operation (reserve and cancelreserve count one each). Latencies are wrk's.",
+        "CPU per request is read from /proc over each run: all the service's threads (its"
+        " writer threads also on their own), and all PostgreSQL processes. A worker's threads"
+        " share one GIL, so 1,000,000 / (service CPU per request) bounds a worker's req/s.",
         "",
         *table(measurements),
         "",

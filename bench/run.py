@@ -8,12 +8,14 @@ Not part of `make test`. Uses GIFTLEDGER_BENCH_DATABASE_URL, else this machine's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import sys
 import time
 
 from api.bootstrap import prepare_database
 from bench import report
+from bench.cpu import cpu_now, per_request
 from bench.database import (
     Server,
     choose_server,
@@ -64,11 +66,14 @@ def run_workers(
         run_wrk(PAY, running.base_url, seeded.pos, workers, seconds=WARMUP_SECONDS)
         check = None
         for scenario in SCENARIOS:
+            before = cpu_now(running.pid)
             if scenario is PAY:
                 measured, check = measure_pay(url, running, seeded)
             else:
                 client = seeded.reserver if scenario.uses_reserver else seeded.pos
                 measured = run_wrk(scenario, running.base_url, client, workers, path)
+            used = cpu_now(running.pid) - before
+            measured = dataclasses.replace(measured, cpu=per_request(used, measured.requests))
             measurements.append(measured)
             say(report.scenario_line(measured, report.floor_of(measurements, workers).rps))
             if check is not None and scenario is PAY:

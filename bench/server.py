@@ -31,6 +31,7 @@ class Running:
     base_url: str
     workers: int
     log: Path
+    pid: int  # `giftledger serve`; with several workers, their parent.
 
 
 def venv_command(name: str) -> str:
@@ -96,6 +97,6 @@ def serving(url: str, workers: int) -> Iterator[Running]:
     base_url = f"http://{HOST}:{port}"
     try:
         _wait_healthy(proc, base_url, log)
-        yield Running(base_url, workers, log)
+        yield Running(base_url, workers, log, proc.pid)
     finally:
         _stop(proc)
