@@ -32,6 +32,11 @@ from projections.config import (
 
 T = TypeVar("T")
 
+# How long uvicorn's supervisor waits for a worker to answer its health ping before it kills and
+# replaces the worker. uvicorn's 5 s is shorter than a worker's start on a loaded two-core host:
+# it killed workers that were only starting, or busy, and dropped the requests they held.
+WORKER_HEALTHCHECK_SECONDS = 60
+
 
 def _settings() -> Settings:
     return Settings.from_env()
@@ -75,12 +80,22 @@ main.add_command(reconcile_command)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @click.option(
+    "--worker-healthcheck-timeout", default=WORKER_HEALTHCHECK_SECONDS, show_default=True,
+    type=click.IntRange(1, 3600),
+    help="Seconds a worker may take to answer the supervisor before it is killed and replaced.",
+)  # fmt: skip
+@click.option(
     "--forwarded-allow-ips", default=None,
     help="Proxies whose X-Forwarded-For/-Proto are trusted (uvicorn's; default 127.0.0.1, or"
     " FORWARDED_ALLOW_IPS). The token endpoint needs HTTPS, so TLS proxies must be listed.",
 )  # fmt: skip
 def serve(
-    host: str, port: int, workers: int, access_log: bool, forwarded_allow_ips: str | None
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool,
+    worker_healthcheck_timeout: int,
+    forwarded_allow_ips: str | None,
 ) -> None:
     """Serve the HTTP API (embedded PostgreSQL when GIFTLEDGER_DATABASE_URL is unset)."""
     import uvicorn
@@ -113,6 +128,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        timeout_worker_healthcheck=worker_healthcheck_timeout,
         # uvicorn configures logging in this process and in each worker with this dictionary,
         # so its own lines come out in the service's format too.
         log_config=logging_dict(settings),
