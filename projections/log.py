@@ -109,17 +109,25 @@ def write_log(
     curs.execute(_INSERT_SQL, [list(column) for column in zip(*rows, strict=True)])
 
 
+def _log_has_rows(curs: Cursor[DictRow]) -> bool:
+    curs.execute("SELECT EXISTS (SELECT 1 FROM ledger_log)")
+    row = curs.fetchone()
+    assert row is not None
+    return bool(row["exists"])
+
+
 def adopt_unchained_log(curs: Cursor[DictRow], events_table: str) -> int:
     """Chain a log written before the ledger log existed; returns the events chained.
 
     Only a log with no chain at all is adopted: once any row is chained, a missing row is
     evidence of tampering and must stay visible to `audit verify`, not be papered over.
     """
+    # Every process start asks; only the first start of an old ledger needs the lock, which
+    # would otherwise queue each start behind the writes in flight, and hold new ones back.
+    if _log_has_rows(curs):
+        return 0
     curs.execute(f"LOCK TABLE {events_table} IN EXCLUSIVE MODE")
-    curs.execute("SELECT EXISTS (SELECT 1 FROM ledger_log)")
-    row = curs.fetchone()
-    assert row is not None
-    if row["exists"]:
+    if _log_has_rows(curs):  # another process adopted it while this one waited
         return 0
     adopted = 0
     after = 0

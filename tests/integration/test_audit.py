@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -10,6 +11,7 @@ from ledger.integrity import GENESIS_HASH, card_hash, chain_hash
 
 FIXED = "4000000000000000001"
 SECOND = "4000000000000000002"
+WRITE_IN_FLIGHT_SECONDS = 5  # a start that waited for the open write would take until it ended
 
 
 async def post(http, path: str, body: dict[str, Any], headers, key: str | None = None) -> Any:
@@ -145,3 +147,33 @@ async def test_a_projection_row_edited_with_sql_is_caught(http, world, pool):
 async def test_verify_needs_audit_read(http, world):
     response = await http.get("/v1/audit/verify", headers=world.pos.headers)
     assert response.status_code == 403
+
+
+async def test_a_ledger_stored_before_its_log_is_chained_once_at_start(http, world, pool, app):
+    ledger = app.state.service.ledger
+    await some_history(http, world)
+    await pool.execute("TRUNCATE ledger_log")
+    events = await pool.fetchval("SELECT count(*) FROM giftledger_events")
+
+    assert await asyncio.to_thread(ledger.adopt_unchained_log) == events
+    assert await asyncio.to_thread(ledger.adopt_unchained_log) == 0
+    assert (await verify(http, world))["ok"] is True
+
+
+async def test_a_start_on_a_chained_ledger_does_not_wait_for_writes_in_flight(
+    http, world, pool, app
+):
+    """Only a ledger with no log at all is locked to be chained; a start on a chained one must
+    not queue behind a write transaction, nor hold new writes back while it waits."""
+    await some_history(http, world)
+    writer = await pool.acquire()
+    try:
+        async with writer.transaction():
+            await writer.execute("LOCK TABLE giftledger_events IN ROW EXCLUSIVE MODE")
+            adopted = await asyncio.wait_for(
+                asyncio.to_thread(app.state.service.ledger.adopt_unchained_log),
+                WRITE_IN_FLIGHT_SECONDS,
+            )
+    finally:
+        await pool.release(writer)
+    assert adopted == 0
