@@ -3,73 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from projections.config import CardType
 from tests.conftest import TEST_JWT_SECRET
+from tests.integration.served import served
 
-GIFTLEDGER = Path(sys.executable).with_name("giftledger")
 CARDS = [f"9{n:015d}" for n in range(10)]
 OPEN16 = CardType("open16", "9", 16, "0123456789", False, True, True, 12, "EUR")
 LOAD_SECONDS = 4.0
-WORKERS_PER_SERVER = 8
-STARTUP_SECONDS_MAX = 30
+CLIENTS_PER_SERVER = 8  # concurrent HTTP clients on each server
+SERVERS = 2
 CREDIT = ("Sold", "Loaded", "Refunded")
 DEBIT = ("Redeemed", "ReservationCaptured", "Expired")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_until_up(base: str) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS_MAX
-    async with httpx.AsyncClient(base_url=base) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get("/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{base} did not start")
-
-
 @pytest.fixture
-async def servers(database_url, world):
+async def servers(database_url, world, tmp_path):
+    """Two `giftledger serve` processes, each logging to a folder of its own."""
     env = os.environ | {"GIFTLEDGER_DATABASE_URL": database_url,
                         "GIFTLEDGER_JWT_SECRET": TEST_JWT_SECRET}  # fmt: skip
-    ports = [free_port(), free_port()]
-    procs = [
-        subprocess.Popen(  # noqa: ASYNC220 - started once, waited on below.
-            [str(GIFTLEDGER), "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    bases = [f"http://127.0.0.1:{port}" for port in ports]
-    try:
-        await asyncio.gather(*(wait_until_up(base) for base in bases))
+    async with contextlib.AsyncExitStack() as stack:
+        bases = []
+        for n in range(SERVERS):
+            log_dir = tmp_path / f"server{n}"
+            log_dir.mkdir()
+            bases.append(await stack.enter_async_context(served(env, log_dir)))
         yield bases
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=20)
 
 
 async def random_traffic(base: str, clients, seed: int, deadline: float) -> list[tuple]:
@@ -151,7 +118,7 @@ async def test_two_processes_on_one_database_keep_every_card_exact(servers, worl
         *(
             random_traffic(base, clients, seed=i * 100 + n, deadline=deadline)
             for i, base in enumerate(servers)
-            for n in range(WORKERS_PER_SERVER)
+            for n in range(CLIENTS_PER_SERVER)
         )
     )
     log = [entry for part in logs for entry in part]
