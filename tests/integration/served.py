@@ -18,6 +18,7 @@ GIFTLEDGER = Path(sys.executable).with_name("giftledger")
 STARTUP_SECONDS_MAX = 60
 STOP_SECONDS_MAX = 30
 CLI_TIMEOUT_SECONDS = 120
+LOG_TAIL_CHARS = 4000  # of a server's output, in the message of a start that failed
 
 
 def unpinned_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -32,18 +33,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _wait_until_up(base: str, proc: subprocess.Popen[bytes]) -> None:
+async def _wait_until_up(base: str, proc: subprocess.Popen[bytes], log_dir: Path) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS_MAX
     async with httpx.AsyncClient(base_url=base) as client:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, f"the server exited with {proc.returncode}"
+            if proc.poll() is not None:
+                tail = server_logs(log_dir)[-LOG_TAIL_CHARS:]
+                raise AssertionError(f"the server exited with {proc.returncode}:\n{tail}")
             try:
                 if (await client.get("/health")).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.2)
-    raise AssertionError(f"{base} did not start")
+    tail = server_logs(log_dir)[-LOG_TAIL_CHARS:]
+    raise AssertionError(f"{base} did not start in {STARTUP_SECONDS_MAX} s:\n{tail}")
 
 
 @asynccontextmanager
@@ -60,7 +64,7 @@ async def served(env: Mapping[str, str], log_dir: Path, *options: str) -> AsyncI
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            await _wait_until_up(base, proc)
+            await _wait_until_up(base, proc, log_dir)
             yield base
         finally:
             proc.terminate()
