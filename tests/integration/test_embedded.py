@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.integration.test_two_processes import free_port
+from tests.integration.served import free_port
 
 GIFTLEDGER = Path(sys.executable).with_name("giftledger")
 START_SECONDS_MAX = 60

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.integration.served import free_port
+
 GIFTLEDGER = Path(sys.executable).with_name("giftledger")
 # Short by default so `make test` stays quick; `make soak` raises them.
 SERVICE_KILLS = int(os.environ.get("GIFTLEDGER_SOAK_KILLS", "3"))
@@ -32,12 +33,6 @@ CARD_BALANCE_MINOR = 10_000_000
 START_TIMEOUT_SECONDS = 60.0
 RETRY_PAUSE_SECONDS = 0.05
 SHUTDOWN_DEADLINE_SECONDS = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -6,20 +6,17 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import defaultdict
 from datetime import timedelta
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import TEST_JWT_SECRET
 from tests.finance_history import History, make_history
-from tests.integration.test_two_processes import free_port, wait_until_up
+from tests.integration.served import served
 
-GIFTLEDGER = Path(sys.executable).with_name("giftledger")
 CHROMIUM_SECONDS_MAX = 120
 # Virtual time chromium lets the page run (fetches and drawing) before it dumps the DOM.
 PAGE_BUDGET_MS = 10_000
@@ -47,23 +44,11 @@ class Elements(HTMLParser):
 
 
 @pytest.fixture
-async def server(database_url, world):
+async def server(database_url, world, tmp_path):
     env = os.environ | {"GIFTLEDGER_DATABASE_URL": database_url,
                         "GIFTLEDGER_JWT_SECRET": TEST_JWT_SECRET}  # fmt: skip
-    port = free_port()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited on below.
-        [str(GIFTLEDGER), "serve", "--port", str(port), "--no-access-log"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_until_up(base)
+    async with served(env, tmp_path, "--no-access-log") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def chromium() -> str:
