@@ -70,7 +70,8 @@ BATCH_RERUNS_MAX = 2
 # instead of colliding again at once: at most 1 ms, 2 ms, 4 ms ... capped at 50 ms a wait.
 CONFLICT_BACKOFF_BASE_SECONDS = 0.001
 CONFLICT_BACKOFF_MAX_SECONDS = 0.05
-# Group commit: a batch closes at this many commands, or this long after its first command.
+# Group commit: a batch closes at this many commands, or this long after its first command (when
+# the batch before it held more than one; see CardService.linger_after).
 BATCH_SIZE_MAX_DEFAULT = 64
 BATCH_LINGER_SECONDS_DEFAULT = 0.002
 # Commands waiting for the writer; beyond this the service answers 503 rather than queue forever.
@@ -281,10 +282,11 @@ class CardService:
 
     def _write_loop(self) -> None:
         name_os_thread(WRITER_OS_THREAD_NAME)
+        previous_size = 0
         while (first := self._queue.get()) is not None:
             batch = [first]
             opened = time.monotonic()
-            deadline = opened + self.batch_linger_seconds
+            deadline = opened + self.linger_after(previous_size)
             stop = False
             while len(batch) < self.batch_size_max:
                 try:
@@ -295,6 +297,7 @@ class CardService:
                     stop = True
                     break
                 batch.append(job)
+            previous_size = len(batch)
             closed = time.monotonic()
             metrics.BATCH_LINGER.observe(closed - opened)
             metrics.BATCH_SIZE.observe(len(batch))
@@ -309,6 +312,14 @@ class CardService:
                 _deliver(batch)
             if stop:
                 return
+
+    def linger_after(self, previous_size: int) -> float:
+        """How long a batch waits for more commands after its first. A batch after a batch of
+        one takes only what is already queued: with so little coming, waiting would delay each
+        answer for nothing (2 ms of a lone payment's 10). Once batches hold several commands,
+        the linger gathers more into each transaction, which costs the writer about 3 ms of CPU
+        whatever its size."""
+        return self.batch_linger_seconds if previous_size > 1 else 0.0
 
     def commit_batch(self, jobs: list[Job]) -> None:
         """Apply each job to its card and commit all of them in one transaction."""

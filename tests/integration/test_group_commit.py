@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -231,3 +232,53 @@ def test_the_writer_thread_is_named_for_the_os(service):
     assert isinstance(refused.exception(timeout=10), CardNotFound)
     comm = Path(f"/proc/self/task/{service._writer.native_id}/comm").read_text().strip()
     assert comm == WRITER_OS_THREAD_NAME
+
+
+LONG_LINGER_SECONDS = 1.0
+SETTLE_SECONDS = 0.1  # far inside the linger: a batch that lingers is still open by then
+
+
+@pytest.fixture
+def lingering(world, database_url):
+    ledger = CardLedger(env=ledger_env(eventsourcing_env(database_url)))
+    card_service = CardService(ledger, 900, batch_linger_seconds=LONG_LINGER_SECONDS)
+    yield card_service
+    card_service.close()
+    ledger.close()
+
+
+def test_a_lone_command_after_a_lone_command_does_not_wait_for_the_linger(lingering):
+    lingering.sell_now("6000000000000011", 11, TERMS, 1000, origin())
+    lingering.submit("6000000000000011", lambda c: c.redeem(1, origin())).result(timeout=10)
+
+    lone = lingering.submit("6000000000000011", lambda c: c.redeem(2, origin()))
+
+    # Committed at once, not after the linger; a slow machine still has the whole linger.
+    assert lone.result(timeout=LONG_LINGER_SECONDS * 0.8).balance_minor == 997
+
+
+def enqueue_together(service: CardService, jobs: list[Job]) -> None:
+    """Queue jobs in one step, as the stdlib Queue does one put, so the writer takes them as one
+    batch: submitted one by one, a batch that does not linger could close between them."""
+    queue = service._queue
+    with queue.mutex:
+        queue.queue.extend(jobs)
+        queue.unfinished_tasks += len(jobs)
+        queue.not_empty.notify()
+
+
+def test_after_a_batch_of_several_the_next_batch_lingers_for_more(lingering):
+    lingering.sell_now("6000000000000012", 12, TERMS, 1000, origin())
+    lingering.sell_now("6000000000000013", 13, TERMS, 1000, origin())
+    jobs = [redeem("6000000000000012", 1), redeem("6000000000000013", 1)]
+    enqueue_together(lingering, jobs)
+    assert [j.future.result(timeout=10).balance_minor for j in jobs] == [999, 999]
+
+    first = lingering.submit("6000000000000012", lambda c: c.redeem(1, origin()))
+    time.sleep(SETTLE_SECONDS)
+    assert not first.done(), "the batch lingers for more commands"
+    second = lingering.submit("6000000000000013", lambda c: c.redeem(1, origin()))
+
+    assert [f.result(timeout=10).balance_minor for f in (first, second)] == [998, 998]
+    assert lingering.linger_after(1) == 0.0
+    assert lingering.linger_after(2) == LONG_LINGER_SECONDS
