@@ -9,9 +9,11 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from psycopg.types.json import Json
 
 from ledger.card import Card, CardStatus, mask_card_number
 from ledger.errors import CardNotFound
+from projections.params import json_rows, record
 
 # The projection lag is measured over this many of the newest events.
 PROJECTION_LAG_WINDOW_EVENTS = 10_000
@@ -84,18 +86,24 @@ CARD_COLUMN_NAMES = (
     "location_code", "locked_site_id", "expires_on", "presentation", "version",
 )  # fmt: skip
 _CARD_COLUMNS = ", ".join(CARD_COLUMN_NAMES)
-# One statement for a whole batch of cards: each column is sent as one array.
 _CARD_COLUMN_TYPES = (
     "uuid", "text", "bigint", "text", "text", "bigint", "bigint", "bigint", "text", "boolean",
     "boolean", "boolean", "text", "integer", "date", "integer", "integer",
 )  # fmt: skip
+_CARD_RECORD = record(tuple(zip(CARD_COLUMN_NAMES, _CARD_COLUMN_TYPES, strict=True)))
+# One statement for a whole batch of cards: their rows travel as one JSON parameter (psycopg
+# dumped the 17 arrays this took before in Python, the writer's largest cost per batch).
 UPSERT_CARDS_SQL = (
-    f"INSERT INTO card_views ({_CARD_COLUMNS}) SELECT * FROM unnest("  # noqa: S608
-    + ", ".join(f"%b::{t}[]" for t in _CARD_COLUMN_TYPES)
-    + ") ON CONFLICT (card_id) DO UPDATE SET balance_minor = EXCLUDED.balance_minor,"
+    f"INSERT INTO card_views ({_CARD_COLUMNS})"  # noqa: S608
+    f" SELECT * FROM json_to_recordset(%s) AS r({_CARD_RECORD})"
+    " ON CONFLICT (card_id) DO UPDATE SET balance_minor = EXCLUDED.balance_minor,"
     " reserved_minor = EXCLUDED.reserved_minor, status = EXCLUDED.status,"
     " version = EXCLUDED.version"
 )
+# A statement of its own, after the upsert, never a part of it: the upsert may wait for another
+# writer's batch on the same cards, and only a statement begun after that batch committed sees
+# the holds it wrote (in one statement, its snapshot predates them, they stay, and writing the
+# holds again fails on their keys).
 DELETE_HOLDS_SQL = "DELETE FROM card_holds WHERE card_id = ANY(%b::uuid[])"
 INSERT_HOLD_SQL = (
     "INSERT INTO card_holds (hold_id, card_id, client_id, amount_minor, expires_at)"
@@ -110,6 +118,11 @@ def card_row(view: CardView) -> tuple[Any, ...]:
         view.redeem_allowed, view.reservations_allowed, view.location_code, view.locked_site_id,
         view.expires_on, view.presentation, view.version,
     )  # fmt: skip
+
+
+def card_rows_json(views: Iterable[CardView]) -> Json:
+    """The views as UPSERT_CARDS_SQL's parameter."""
+    return json_rows([dict(zip(CARD_COLUMN_NAMES, card_row(v), strict=True)) for v in views])
 
 
 def hold_rows(views: Iterable[CardView]) -> list[tuple[Any, ...]]:

@@ -20,6 +20,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 
 from ledger.integrity import GENESIS_HASH, card_hash, chain_hash
+from projections.params import json_rows, record
 
 # What a request said about the event it caused: its Idempotency-Key and the POS's own
 # transaction number (Resico's transactionNo), either of which a settlement file may quote.
@@ -43,15 +44,22 @@ LOG_TABLE_SQL = """
 
 # LATERAL: one probe of the (card_id, version) index per card, whatever the table's size.
 _PREVIOUS_HASHES_SQL = (
-    "SELECT l.card_id, l.card_hash AS hash FROM unnest(%b::uuid[], %b::bigint[]) AS t(id, v)"
+    "SELECT l.card_id, l.card_hash AS hash FROM json_to_recordset(%s) AS t(id uuid, v bigint)"
     " CROSS JOIN LATERAL (SELECT card_id, card_hash FROM ledger_log"
     "  WHERE card_id = t.id AND version = t.v LIMIT 1) l"
     " UNION ALL (SELECT NULL, chain_hash FROM ledger_log ORDER BY position DESC LIMIT 1)"
 )
+_LOG_COLUMNS = (
+    ("position", "bigint"), ("card_id", "uuid"), ("version", "bigint"),
+    ("occurred_at", "timestamptz"), ("idempotency_key", "text"), ("reference", "text"),
+    ("card_hash", "text"), ("chain_hash", "text"),
+)  # fmt: skip
+# The hashes travel as hex in the JSON rows.
 _INSERT_SQL = (
-    "INSERT INTO ledger_log (position, card_id, version, occurred_at, idempotency_key,"
-    " reference, card_hash, chain_hash) SELECT * FROM unnest(%b::bigint[], %b::uuid[],"
-    " %b::bigint[], %b::timestamptz[], %b::text[], %b::text[], %b::bytea[], %b::bytea[])"
+    "INSERT INTO ledger_log (position, card_id, version, occurred_at, idempotency_key,"  # noqa: S608
+    " reference, card_hash, chain_hash) SELECT position, card_id, version, occurred_at,"
+    " idempotency_key, reference, decode(card_hash, 'hex'), decode(chain_hash, 'hex')"
+    f" FROM json_to_recordset(%s) AS r({record(_LOG_COLUMNS)})"
 )
 # Rows per round trip while adopting a log written before the chain existed.
 ADOPT_BATCH_ROWS = 5_000
@@ -87,7 +95,7 @@ def write_log(
         firsts.setdefault(_uuid(stored.originator_id), stored.originator_version)
     wanted = [(card_id, version - 1) for card_id, version in firsts.items() if version > 1]
     # One round trip: the previous hash of each card that has one, and the log's last hash.
-    curs.execute(_PREVIOUS_HASHES_SQL, ([c for c, _ in wanted], [v for _, v in wanted]))
+    curs.execute(_PREVIOUS_HASHES_SQL, (json_rows([{"id": c, "v": v} for c, v in wanted]),))
     previous: dict[UUID, bytes] = {}
     chain = GENESIS_HASH
     for row in curs.fetchall():
@@ -95,7 +103,7 @@ def write_log(
             chain = bytes(row["hash"])
         else:
             previous[row["card_id"]] = bytes(row["hash"])
-    rows: list[tuple[Any, ...]] = []
+    rows: list[dict[str, Any]] = []
     for position, stored in placed:
         card_id = _uuid(stored.originator_id)
         version = stored.originator_version
@@ -104,9 +112,11 @@ def write_log(
         previous[card_id] = own
         chain = chain_hash(chain, position, own)
         idempotency_key, reference = event_keys.get((card_id, version), (None, None))
-        rows.append((position, card_id, version, occurred_at_of(stored.state), idempotency_key,
-                     reference, own, chain))  # fmt: skip
-    curs.execute(_INSERT_SQL, [list(column) for column in zip(*rows, strict=True)])
+        rows.append({"position": position, "card_id": card_id, "version": version,
+                     "occurred_at": occurred_at_of(stored.state),
+                     "idempotency_key": idempotency_key, "reference": reference,
+                     "card_hash": own.hex(), "chain_hash": chain.hex()})  # fmt: skip
+    curs.execute(_INSERT_SQL, (json_rows(rows),))
 
 
 def _log_has_rows(curs: Cursor[DictRow]) -> bool:

@@ -23,7 +23,7 @@ from projections.cards import (
     INSERT_HOLD_SQL,
     UPSERT_CARDS_SQL,
     CardView,
-    card_row,
+    card_rows_json,
     hold_rows,
 )
 from projections.idempotency import write_idempotency_rows
@@ -48,6 +48,11 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         write_card_views(curs, card_views)
         write_idempotency_rows(curs, idempotency_rows)
 
+    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
+        """No NOTIFY with each insert: it serves eventsourcing's LISTEN-based subscriptions,
+        which giftledger does not use, and cost a statement per batch and, at each commit, a
+        lock every database on the server shares."""
+
     def _fetch_ids_after_insert_events(
         self,
         curs: Cursor[DictRow],
@@ -69,8 +74,7 @@ def write_card_views(curs: Cursor[DictRow], views: Sequence[CardView]) -> None:
     ordered = sorted(views, key=lambda v: v.card_id)
     if not ordered:
         return
-    rows = [card_row(v) for v in ordered]
-    curs.execute(UPSERT_CARDS_SQL, [list(column) for column in zip(*rows, strict=True)])
+    curs.execute(UPSERT_CARDS_SQL, (card_rows_json(ordered),))
     curs.execute(DELETE_HOLDS_SQL, ([v.card_id for v in ordered],))
     holds = hold_rows(ordered)
     if holds:
