@@ -58,6 +58,7 @@ from projections.cards import CardView, view_of
 from projections.history import HistoryEntry, card_history
 from projections.idempotency import select_stored
 from projections.log import adopt_unchained_log
+from projections.params import json_rows
 
 logger = logging.getLogger("giftledger.service")
 
@@ -183,28 +184,33 @@ def ledger_env(postgres_env: dict[str, str]) -> dict[str, str]:
     }
 
 
-# The writer's reads of a batch's cards. Each is LATERAL, so every card is one probe of the
-# primary key however big the table grows: a plain join of the unnested ids was planned as a
-# sequential scan of the whole event table, a cost that grew with the ledger.
-def latest_snapshots_sql(snapshots_table: str) -> str:
-    """Each card's newest snapshot; parameters: the card ids."""
+# The writer's read of a batch's cards, in one statement. Its parameter is a JSON array of
+# {"id": card id, "v": version}: a cached card's version, whose later events it needs, or -1
+# for a card not in memory, which needs its newest snapshot and the events after it (or all of
+# its events, if it has no snapshot). Each probe is LATERAL, so every card is one probe of a
+# primary key however big the tables grow: a plain join of the ids was planned as a sequential
+# scan of the whole event table, a cost that grew with the ledger. Rows come per card, its
+# snapshot (flagged) before its events, in version order.
+def fresh_cards_sql(events_table: str, snapshots_table: str) -> str:
     return (
-        "SELECT s.originator_id, s.originator_version, s.topic, s.state"  # noqa: S608
-        " FROM unnest(%b::uuid[]) AS t(id) CROSS JOIN LATERAL"
-        f" (SELECT * FROM {snapshots_table} WHERE originator_id = t.id"
-        "  ORDER BY originator_version DESC LIMIT 1) s"
-    )
-
-
-def catch_up_sql(events_table: str) -> str:
-    """Each card's events after a version; parameters: the card ids, and their versions."""
-    return (
-        "SELECT e.originator_id, e.originator_version, e.topic, e.state"  # noqa: S608
-        " FROM unnest(%b::uuid[], %b::int[]) AS t(id, v) CROSS JOIN LATERAL"
-        f" (SELECT * FROM {events_table}"
-        "  WHERE originator_id = t.id AND originator_version > t.v"
+        "WITH t AS (SELECT * FROM json_to_recordset(%s) AS t(id uuid, v integer)),"  # noqa: S608
+        " s AS MATERIALIZED (SELECT s.originator_id, s.originator_version, s.topic, s.state"
+        "  FROM t CROSS JOIN LATERAL"
+        f"  (SELECT * FROM {snapshots_table} WHERE originator_id = t.id AND t.v < 0"
+        "   ORDER BY originator_version DESC LIMIT 1) s)"
+        " SELECT true AS snapshot, * FROM s"
+        " UNION ALL"
+        " SELECT false, e.originator_id, e.originator_version, e.topic, e.state"
+        " FROM t LEFT JOIN s ON s.originator_id = t.id CROSS JOIN LATERAL"
+        f" (SELECT * FROM {events_table} WHERE originator_id = t.id"
+        "  AND originator_version > coalesce(s.originator_version, greatest(t.v, 0))"
         "  ORDER BY originator_version) e"
+        " ORDER BY originator_id, originator_version"
     )
+
+
+# The version that asks fresh_cards_sql for a card's newest snapshot and the events after it.
+NOT_CACHED = -1
 
 
 def new_hold_id() -> str:
@@ -413,9 +419,9 @@ class CardService:
         return card
 
     def _fresh_cards(self, card_ids: set[uuid.UUID]) -> dict[uuid.UUID, Card]:
-        """The batch's cards, whatever their number, in at most three queries: cached cards are
-        caught up with what other processes appended since; the others start from their latest
-        snapshot, or from their first event. A card absent from the result does not exist."""
+        """The batch's cards, whatever their number, in one query: cached cards are caught up
+        with what other processes appended since; the others start from their latest snapshot,
+        or from their first event. A card absent from the result does not exist."""
         cache = self.ledger.repository.cache
         assert cache is not None
         cards: dict[uuid.UUID, Card] = {}
@@ -426,28 +432,14 @@ class CardService:
                 cards[card_id] = cache.get(card_id)
             except KeyError:
                 continue
-        cold = card_ids - cards.keys()
-        cards.update(self._latest_snapshots(cold))
-        self._catch_up(cards, from_zero=cold - cards.keys())
-        return cards
-
-    def _latest_snapshots(self, card_ids: set[uuid.UUID]) -> dict[uuid.UUID, Card]:
-        if not card_ids:
-            return {}
-        rows = self._fetch(latest_snapshots_sql(self._table("snapshots")), (list(card_ids),))
-        return {row["originator_id"]: self._decode(row).mutate(None) for row in rows}
-
-    def _catch_up(self, cards: dict[uuid.UUID, Card], from_zero: set[uuid.UUID]) -> None:
-        versions = {card_id: card.version for card_id, card in cards.items()}
-        versions.update(dict.fromkeys(from_zero, 0))
-        if not versions:
-            return
-        rows = self._fetch(
-            catch_up_sql(self._table("events")), (list(versions), list(versions.values()))
-        )
-        for row in rows:
+        versions = [{"id": card_id, "v": cards[card_id].version if card_id in cards
+                     else NOT_CACHED} for card_id in card_ids]  # fmt: skip
+        sql = fresh_cards_sql(self._table("events"), self._table("snapshots"))
+        for row in self._fetch(sql, (json_rows(versions),)):
             card_id = row["originator_id"]
-            cards[card_id] = self._decode(row).mutate(cards.get(card_id))
+            known = None if row["snapshot"] else cards.get(card_id)
+            cards[card_id] = self._decode(row).mutate(known)
+        return cards
 
     def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """One read in autocommit: a single round trip, no BEGIN and ROLLBACK around it."""

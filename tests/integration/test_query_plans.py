@@ -7,13 +7,14 @@ query is planned against tables that hold many cards, and its plan may not scan 
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
 import asyncpg
 import pytest
 
-from api.service import catch_up_sql, latest_snapshots_sql
+from api.service import NOT_CACHED, fresh_cards_sql
 from projections.idempotency import SELECT_SQL as STORED_ANSWERS_SQL
 from projections.log import _PREVIOUS_HASHES_SQL as PREVIOUS_HASHES_SQL
 
@@ -69,18 +70,26 @@ async def batch(request, world, pool: asyncpg.Pool) -> list[uuid.UUID]:
     return card_ids[:: CARDS // BATCH_CARDS]
 
 
-async def test_the_catch_up_of_a_batch_probes_the_event_index(pool, batch):
-    text = await plan(pool, catch_up_sql(EVENTS), batch, [5] * len(batch))
+def rows(**columns: list[object]) -> str:
+    """Parallel columns as the JSON rows the writer sends (projections.params.json_rows)."""
+    names = list(columns)
+    return json.dumps([dict(zip(names, values, strict=True))
+                       for values in zip(*columns.values(), strict=True)], default=str)  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [5, NOT_CACHED], ids=["cached", "not-cached"])
+async def test_the_read_of_a_batchs_cards_probes_the_event_and_snapshot_indexes(
+    pool, batch, version
+):
+    text = await plan(
+        pool, fresh_cards_sql(EVENTS, SNAPSHOTS), rows(id=batch, v=[version] * len(batch))
+    )
     assert f"Seq Scan on {EVENTS}" not in text, text
-
-
-async def test_the_latest_snapshots_of_a_batch_probe_the_snapshot_index(pool, batch):
-    text = await plan(pool, latest_snapshots_sql(SNAPSHOTS), batch)
     assert f"Seq Scan on {SNAPSHOTS}" not in text, text
 
 
 async def test_the_previous_hashes_of_a_batch_probe_the_log_index(pool, batch):
-    text = await plan(pool, PREVIOUS_HASHES_SQL, batch, [5] * len(batch))
+    text = await plan(pool, PREVIOUS_HASHES_SQL, rows(id=batch, v=[5] * len(batch)))
     assert "Seq Scan on ledger_log" not in text, text
 
 
