@@ -9,12 +9,13 @@ hash chain (projections/log.py) is written in that same transaction, after the e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg import Cursor
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
@@ -34,6 +35,7 @@ from projections.params import json_rows
 class CardLedgerRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        without_automatic_prepare(self.datastore)
         # eventsourcing's statement, with the events as one JSON parameter (their states in
         # base64) instead of an array of a composite type that psycopg dumps in Python.
         self.insert_events_statement = SQL(
@@ -88,6 +90,26 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         assert positions is not None
         write_log(curs, stored_events, positions, event_keys or {})
         return positions
+
+
+def without_automatic_prepare(datastore: PostgresDatastore) -> None:
+    """Hand out the datastore's connections with psycopg's automatic prepared statements off.
+
+    When a statement fails in a pipeline (a key another process stored first), PostgreSQL skips
+    the rest of it, and psycopg could then count a statement as prepared that the server never
+    prepared: every later batch on that connection failed with "prepared statement _pg3_N does
+    not exist" (tests/integration/test_group_commit.py races two writers on the same keys).
+    eventsourcing's own explicitly prepared statements are kept.
+    """
+    checkout = datastore.get_connection
+
+    @contextlib.contextmanager
+    def get_connection() -> Iterator[Connection[DictRow]]:
+        with checkout() as conn:
+            conn.prepare_threshold = None
+            yield conn
+
+    datastore.get_connection = get_connection  # type: ignore[method-assign]
 
 
 def write_card_views(curs: Cursor[DictRow], views: Sequence[CardView]) -> None:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
+from api.idempotency import IdempotentWrite
 from api.service import (
     BATCH_RERUNS_MAX,
     WRITER_OS_THREAD_NAME,
@@ -282,3 +283,29 @@ def test_after_a_batch_of_several_the_next_batch_lingers_for_more(lingering):
     assert [f.result(timeout=10).balance_minor for f in (first, second)] == [998, 998]
     assert lingering.linger_after(1) == 0.0
     assert lingering.linger_after(2) == LONG_LINGER_SECONDS
+
+
+RACED_KEYS = 90  # card_history below reads at most 100 entries
+
+
+def test_a_key_raced_by_two_writers_has_one_effect_and_every_later_batch_commits(
+    service, rival
+):
+    """Two processes' writers get the same keyed request at once, key after key. One commits;
+    the other's batch meets the stored key, is refused by the store and answers with the
+    replay. Each key must leave one event and one answer, and no connection may be left unable
+    to commit (psycopg once counted statements as prepared that an aborted pipeline skipped)."""
+    number = "6000000000000014"
+    service.sell_now(number, 14, TERMS, 1_000_000, origin())
+    for n in range(RACED_KEYS):
+        idem = IdempotentWrite((("client:pos", f"race-{n}"),), f"hash-{n}", 200,
+                               lambda view: {"balance_minor": view.balance_minor})  # fmt: skip
+        raced = [writer.submit(number, lambda c: c.redeem(1, origin()), idem)
+                 for writer in (service, rival)]  # fmt: skip
+        first, second = (future.result(timeout=10) for future in raced)
+        assert first.body == second.body, n
+    assert versions(service, number).count("Redeemed") == RACED_KEYS
+    # Both writers still commit after all those refusals.
+    for writer in (service, rival):
+        assert writer.submit(number, lambda c: c.redeem(1, origin())).result(timeout=10)
+    assert versions(service, number).count("Redeemed") == RACED_KEYS + 2
