@@ -9,13 +9,19 @@ import asyncpg
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
+from projections.params import json_rows
+
 # Keys are kept at least this long; a sweep deletes older ones.
 IDEMPOTENCY_RETENTION_HOURS = 72
 
+_INSERT_COLUMNS = ("scope", "key", "request_hash", "status_code", "response_body", "media_type")
+# The rows as JSON, their bodies in base64.
 INSERT_SQL = (
     "INSERT INTO idempotency_keys"
     " (scope, key, request_hash, status_code, response_body, media_type)"
-    " VALUES (%s, %s, %s, %s, %s, %s)"
+    " SELECT scope, key, request_hash, status_code, decode(response_body, 'base64'), media_type"
+    " FROM json_to_recordset(%s) AS r(scope text, key text, request_hash text,"
+    " status_code integer, response_body text, media_type text)"
 )
 # LATERAL with LIMIT (which keeps the planner from flattening it): one probe of the primary key
 # per key asked for, however big the table; a semi-join may be planned as a sequential scan.
@@ -27,8 +33,11 @@ SELECT_SQL = (
 
 
 def write_idempotency_rows(curs: Cursor[DictRow], rows: Sequence[tuple[Any, ...]]) -> None:
+    """Store the batch's answers. This insert fails when another process stored one of the keys
+    first, so it is never prepared: see CardLedgerRecorder._insert_stored_events."""
     if rows:
-        curs.executemany(INSERT_SQL, rows)
+        payload = json_rows([dict(zip(_INSERT_COLUMNS, row, strict=True)) for row in rows])
+        curs.execute(INSERT_SQL, (payload,), prepare=False)
 
 
 def select_stored(

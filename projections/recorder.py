@@ -9,13 +9,12 @@ hash chain (projections/log.py) is written in that same transaction, after the e
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg import Connection, Cursor
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
@@ -35,7 +34,6 @@ from projections.params import json_rows
 class CardLedgerRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        without_automatic_prepare(self.datastore)
         # eventsourcing's statement, with the events as one JSON parameter (their states in
         # base64) instead of an array of a composite type that psycopg dumps in Python.
         self.insert_events_statement = SQL(
@@ -59,15 +57,31 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
     ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         write_card_views(curs, card_views)
-        write_idempotency_rows(curs, idempotency_rows)
+        if not stored_events:
+            # Only refusals to keep (eventsourcing inserts no events, so _insert_stored_events
+            # does not run): the answers are the transaction's last statement.
+            write_idempotency_rows(curs, idempotency_rows)
 
     def _insert_stored_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        idempotency_rows: Sequence[tuple[Any, ...]] = (),
+        **kwargs: Any,
     ) -> None:
         """eventsourcing's: lock the table, then insert (RETURNING the positions, in the
         events' order); without its NOTIFY, which serves LISTEN-based subscriptions giftledger
         does not use, and cost a statement per batch and, at each commit, a lock that every
-        database on the server shares."""
+        database on the server shares. Then the batch's stored answers.
+
+        The two inserts that may fail (a version or a key another process stored first) are
+        the last statements before the pipeline syncs. PostgreSQL skips what follows a failed
+        statement up to the sync, and psycopg could then count as prepared a statement whose
+        preparation was skipped: every later batch on that connection failed with "prepared
+        statement _pg3_N does not exist". The answers' insert is never prepared, so skipping it
+        after a failed event insert leaves nothing behind.
+        """
         self._lock_table(curs)
         rows = [
             {"originator_id": e.originator_id, "originator_version": e.originator_version,
@@ -75,6 +89,9 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
             for e in stored_events
         ]  # fmt: skip
         curs.execute(self.insert_events_statement, (json_rows(rows),))
+        # A cursor of its own: eventsourcing reads the positions from this one's last result.
+        with curs.connection.cursor() as answers:
+            write_idempotency_rows(answers, idempotency_rows)
 
     def _fetch_ids_after_insert_events(
         self,
@@ -90,26 +107,6 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         assert positions is not None
         write_log(curs, stored_events, positions, event_keys or {})
         return positions
-
-
-def without_automatic_prepare(datastore: PostgresDatastore) -> None:
-    """Hand out the datastore's connections with psycopg's automatic prepared statements off.
-
-    When a statement fails in a pipeline (a key another process stored first), PostgreSQL skips
-    the rest of it, and psycopg could then count a statement as prepared that the server never
-    prepared: every later batch on that connection failed with "prepared statement _pg3_N does
-    not exist" (tests/integration/test_group_commit.py races two writers on the same keys).
-    eventsourcing's own explicitly prepared statements are kept.
-    """
-    checkout = datastore.get_connection
-
-    @contextlib.contextmanager
-    def get_connection() -> Iterator[Connection[DictRow]]:
-        with checkout() as conn:
-            conn.prepare_threshold = None
-            yield conn
-
-    datastore.get_connection = get_connection  # type: ignore[method-assign]
 
 
 def write_card_views(curs: Cursor[DictRow], views: Sequence[CardView]) -> None:
