@@ -34,13 +34,12 @@ from api.replica import ReadRouting, read_your_writes_middleware
 from api.reports import reports_router
 from api.request_context import RequestContextMiddleware
 from api.resico import resico_router
-from api.service import CardLedger, CardService, ledger_env
+from api.service import CardService, open_ledger
 from api.settings import Settings
 from api.sweeper import run_sweeper
 from api.tracing import name_server_span, tracing_plugin
 from projections.cards import CardReader
 from projections.config import ConfigStore
-from projections.database import eventsourcing_env
 
 READ_POOL_SIZE_MAX = 20
 # Allocations between two young-generation collections in a served process (CPython's default
@@ -136,7 +135,7 @@ def create_app(settings: Settings, served: bool = False) -> Litestar:
                 reset=keep_session,
             )  # fmt: skip
         ledger = await anyio.to_thread.run_sync(
-            lambda: CardLedger(env=ledger_env(eventsourcing_env(url)))
+            lambda: open_ledger(url)
         )
         await anyio.to_thread.run_sync(ledger.adopt_unchained_log)
         service = CardService(

@@ -399,14 +399,13 @@ def projections() -> None:
 
 @projections.command("rebuild")
 def projections_rebuild() -> None:
-    from api.service import CardLedger, ledger_env
-    from projections.database import eventsourcing_env
+    from api.service import open_ledger
     from projections.rebuild import rebuild_card_projection
 
     settings = _settings()
     url = database_url(settings)
     asyncio.run(prepare_database(url, settings))
-    ledger = CardLedger(env=ledger_env(eventsourcing_env(url)))
+    ledger = open_ledger(url)
     try:
         events, cards = rebuild_card_projection(ledger)
     finally:

@@ -13,12 +13,11 @@ import msgspec
 
 from api.bootstrap import database_url, prepare_database
 from api.native import audit_result, native_event
-from api.service import CardLedger, ledger_env
+from api.service import CardLedger, open_ledger
 from api.settings import Settings
 from ledger.errors import LedgerError
 from ledger.money import currency, to_major
 from projections.audit import AuditReport, verify_ledger
-from projections.database import eventsourcing_env
 from projections.history import HISTORY_PAGE_SIZE_MAX, HistoryEntry, card_history
 
 # Versions of one card the history command prints at most; a longer history is cut with a note.
@@ -26,12 +25,12 @@ HISTORY_ROWS_MAX = 100_000
 
 
 @contextlib.contextmanager
-def open_ledger() -> Iterator[CardLedger]:
+def configured_ledger() -> Iterator[CardLedger]:
     """The event store of the configured (or embedded) database, migrated first."""
     settings = Settings.from_env()
     url = database_url(settings)
     asyncio.run(prepare_database(url, settings))
-    ledger = CardLedger(env=ledger_env(eventsourcing_env(url)))
+    ledger = open_ledger(url)
     try:
         yield ledger
     finally:
@@ -56,7 +55,7 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 def history(number: str, as_of: datetime | None, as_json: bool) -> None:
     """A card's events with the running balance, from the events alone."""
-    with open_ledger() as ledger:
+    with configured_ledger() as ledger:
         try:
             entries = _all_entries(ledger, number, as_of)
         except LedgerError as exc:
@@ -127,7 +126,7 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def audit_verify(as_json: bool) -> None:
     """Recompute every hash and every card; exit 1 on the first mismatch."""
-    with open_ledger() as ledger:
+    with configured_ledger() as ledger:
         report = verify_ledger(ledger, ledger.events_table())
     if as_json:
         click.echo(msgspec.json.encode(audit_result(report)).decode())

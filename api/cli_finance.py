@@ -103,9 +103,8 @@ def export_command(
 ) -> None:
     """Export the ledger's events or postings that occurred in [--from, --to)."""
     from api.bootstrap import database_url, prepare_database
-    from api.service import CardLedger, ledger_env
+    from api.service import open_ledger
     from api.settings import Settings
-    from projections.database import eventsourcing_env
 
     if occurred_from >= occurred_to:
         raise click.BadParameter("--from must be before --to", param_hint="--from")
@@ -118,7 +117,7 @@ def export_command(
     settings = Settings.from_env()
     url = database_url(settings)
     asyncio.run(prepare_database(url, settings))
-    ledger = CardLedger(env=ledger_env(eventsourcing_env(url)))
+    ledger = open_ledger(url)
     try:
         manifest = asyncio.run(write_export(url, ledger.mapper.to_domain_event, query, output))
     finally:

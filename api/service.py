@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import anyio.to_thread
+import psycopg
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
@@ -55,10 +56,12 @@ from ledger.errors import CardAlreadyExists, CardNotFound, LedgerError
 from ledger.money import currency, to_minor
 from projections.audit import AuditReport, verify_ledger
 from projections.cards import CardView, view_of
+from projections.database import eventsourcing_env
 from projections.history import HistoryEntry, card_history
 from projections.idempotency import select_stored
 from projections.log import adopt_unchained_log
 from projections.params import json_rows
+from projections.schema import SCHEMA_LOCK_KEY
 
 logger = logging.getLogger("giftledger.service")
 
@@ -171,6 +174,22 @@ class CardLedger(Application[uuid.UUID]):
         """Chain events stored before the ledger log existed (a no-op once it has rows)."""
         with self.recorder.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]
             return adopt_unchained_log(curs, self.events_table())
+
+
+def open_ledger(url: str, **env: str) -> CardLedger:
+    """The card ledger on the database at url, its event store's tables created if need be.
+
+    eventsourcing creates its tables, and alters their storage settings, each time a ledger is
+    constructed. Two processes doing so at once (the workers of one `giftledger serve`
+    starting together) failed with "tuple concurrently updated", and uvicorn then stopped the
+    whole service; so construction holds the schema lock that migrations take.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            return CardLedger(env={**ledger_env(eventsourcing_env(url)), **env})
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
 def ledger_env(postgres_env: dict[str, str]) -> dict[str, str]:

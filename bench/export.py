@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api.bootstrap import prepare_database
-from api.service import CardLedger, ledger_env
+from api.service import open_ledger
 from bench.database import choose_server, fresh_database, stop_server
 from bench.rebuild import REBUILD_EVENTS, generate_events
 from bench.seed import bench_settings
 from bench.server import venv_command
-from projections.database import eventsourcing_env
 from projections.rebuild import rebuild_card_projection
 
 EXPORT_PEAK_MIB_MAX = 200.0
@@ -63,7 +62,7 @@ class ExportResult:
 
 def chain_the_log(url: str) -> int:
     """Give generated events their ledger log rows, as a service start would; returns how many."""
-    ledger = CardLedger(env=ledger_env(eventsourcing_env(url)))
+    ledger = open_ledger(url)
     try:
         return ledger.adopt_unchained_log()
     finally:
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(prepare_database(url, bench_settings(url)))
             say(f"generating {REBUILD_EVENTS:,} events ({server.label}) ...")
             say(f"  generated in {generate_events(url):.1f} s")
-            ledger = CardLedger(env=ledger_env(eventsourcing_env(url)))
+            ledger = open_ledger(url)
             try:
                 events, cards = rebuild_card_projection(ledger)
             finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from api.service import CardLedger, ledger_env
+from api.service import CardLedger, ledger_env, open_ledger
 from bench.seed import BENCH_CARD_TYPE, card_number
 from bench.server import venv_command
 from ledger.card import Card, CardTerms, Origin
@@ -84,7 +84,7 @@ def _copy_cards(url: str, first: int, last: int) -> int:
 def generate_events(url: str) -> float:
     """Write REBUILD_EVENTS events, one COPY per process; returns the seconds it took."""
     started = time.perf_counter()
-    CardLedger(env=ledger_env(eventsourcing_env(url))).close()  # Creates the event table.
+    open_ledger(url).close()  # Creates the event table.
     share = -(-REBUILD_CARDS // GENERATOR_PROCESSES)
     ranges = [(i, min(i + share, REBUILD_CARDS)) for i in range(0, REBUILD_CARDS, share)]
     context = multiprocessing.get_context("spawn")

@@ -12,12 +12,11 @@ import asyncpg
 
 from api.auth import issue_token
 from api.bootstrap import prepare_database
-from api.service import CardLedger, ledger_env
+from api.service import open_ledger
 from api.settings import Settings
 from ledger.card import Card, CardTerms, Origin, add_months
 from projections.cards import view_of
 from projections.config import SCOPES, CardType, ConfigStore, pinned_signing_key
-from projections.database import eventsourcing_env
 
 JWT_SECRET = "giftledger-bench-secret-" + "b" * 40
 TOKEN_TTL_SECONDS = 3600
@@ -111,7 +110,7 @@ def _sell_all(url: str, refs: list[int], actor: str) -> None:
         expires_on=add_months(now.date(), CARD_VALIDITY_MONTHS),
     )
     origin = Origin(now, actor, LOCATION_CODE, LOCATION_SITE_ID)
-    ledger = CardLedger(env=ledger_env(eventsourcing_env(url)))
+    ledger = open_ledger(url)
     try:
         for start in range(0, len(refs), CARDS_PER_COMMIT):
             cards = [

@@ -104,13 +104,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_MIGRATION_LOCK_KEY = 0x6769667400  # "gift" in hex, a fixed key for pg_advisory_xact_lock.
+# "gift" in hex: the advisory lock under which the schema changes, ours (migrate) and the event
+# store's (api.service.open_ledger), so two processes never change it at once.
+SCHEMA_LOCK_KEY = 0x6769667400
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
     """Apply the migrations this database has not seen; returns how many were applied."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

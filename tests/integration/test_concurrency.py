@@ -6,7 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from api.service import CardLedger, CardService, ledger_env
+from api.service import CardLedger, CardService, ledger_env, open_ledger
 from ledger.card import Origin
 from ledger.errors import InsufficientFunds
 from projections.database import eventsourcing_env
@@ -85,3 +85,18 @@ def _race_two_services(services: list[CardService]) -> None:
     final = services[1].card_now("4000000000000002")
     assert final.balance_minor == 0
     assert final.version == 31
+
+
+LEDGER_OPENERS = 4
+OPENING_ROUNDS = 5
+
+
+def test_ledgers_opened_at_once_all_open(database_url):
+    """A service's workers start together, and each opens the ledger, whose construction
+    creates and alters the event store's tables: unserialized, that failed with "tuple
+    concurrently updated", and uvicorn then stopped the whole service."""
+    for _ in range(OPENING_ROUNDS):
+        with ThreadPoolExecutor(max_workers=LEDGER_OPENERS) as pool:
+            ledgers = list(pool.map(lambda _: open_ledger(database_url), range(LEDGER_OPENERS)))
+        for ledger in ledgers:
+            ledger.close()
