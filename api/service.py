@@ -176,7 +176,7 @@ class CardLedger(Application[uuid.UUID]):
             return adopt_unchained_log(curs, self.events_table())
 
 
-def open_ledger(url: str, **env: str) -> CardLedger:
+def open_ledger(url: str) -> CardLedger:
     """The card ledger on the database at url, its event store's tables created if need be.
 
     eventsourcing creates its tables, and alters their storage settings, each time a ledger is
@@ -187,7 +187,7 @@ def open_ledger(url: str, **env: str) -> CardLedger:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
         try:
-            return CardLedger(env={**ledger_env(eventsourcing_env(url)), **env})
+            return CardLedger(env=ledger_env(eventsourcing_env(url)))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 

@@ -13,7 +13,7 @@ from psycopg.types.json import Json
 
 from ledger.card import Card, CardStatus, mask_card_number
 from ledger.errors import CardNotFound
-from projections.params import json_rows, record
+from projections.params import json_records, record
 
 # The projection lag is measured over this many of the newest events.
 PROJECTION_LAG_WINDOW_EVENTS = 10_000
@@ -122,7 +122,7 @@ def card_row(view: CardView) -> tuple[Any, ...]:
 
 def card_rows_json(views: Iterable[CardView]) -> Json:
     """The views as UPSERT_CARDS_SQL's parameter."""
-    return json_rows([dict(zip(CARD_COLUMN_NAMES, card_row(v), strict=True)) for v in views])
+    return json_records(CARD_COLUMN_NAMES, (card_row(v) for v in views))
 
 
 def hold_rows(views: Iterable[CardView]) -> list[tuple[Any, ...]]:

@@ -9,7 +9,7 @@ import asyncpg
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
-from projections.params import json_rows
+from projections.params import json_records
 
 # Keys are kept at least this long; a sweep deletes older ones.
 IDEMPOTENCY_RETENTION_HOURS = 72
@@ -36,8 +36,7 @@ def write_idempotency_rows(curs: Cursor[DictRow], rows: Sequence[tuple[Any, ...]
     """Store the batch's answers. This insert fails when another process stored one of the keys
     first, so it is never prepared: see CardLedgerRecorder._insert_stored_events."""
     if rows:
-        payload = json_rows([dict(zip(_INSERT_COLUMNS, row, strict=True)) for row in rows])
-        curs.execute(INSERT_SQL, (payload,), prepare=False)
+        curs.execute(INSERT_SQL, (json_records(_INSERT_COLUMNS, rows),), prepare=False)
 
 
 def select_stored(

@@ -8,7 +8,7 @@ C, and PostgreSQL types them by the record definition in the statement.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -20,6 +20,11 @@ _ENCODER = msgspec.json.Encoder()
 def json_rows(rows: Sequence[Mapping[str, Any]]) -> Json:
     """Rows as one JSON parameter; uuids, dates and datetimes become ISO strings."""
     return Json(rows, dumps=_ENCODER.encode)
+
+
+def json_records(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Json:
+    """Positional rows as json_rows, each named by columns."""
+    return json_rows([dict(zip(columns, row, strict=True)) for row in rows])
 
 
 def record(columns: Sequence[tuple[str, str]]) -> str:
