@@ -81,24 +81,38 @@ def occurred_at_of(state: bytes) -> datetime:
     return datetime.fromisoformat(stamp["_data_"])
 
 
+def ask_previous_hashes(curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
+    """Send the read of what the events chain onto: each card's hash before its first event
+    here, and the log's last chain hash. The caller holds the event table's lock. In the
+    writer's pipeline this read travels with the batch's inserts, so the log costs no round trip
+    of its own; `write_log` reads the answer from this cursor."""
+    firsts: dict[UUID, int] = {}
+    for stored in stored_events:
+        card_id = _uuid(stored.originator_id)
+        version = stored.originator_version
+        firsts[card_id] = min(version, firsts.get(card_id, version))
+    wanted = [{"id": c, "v": version - 1} for c, version in firsts.items() if version > 1]
+    curs.execute(_PREVIOUS_HASHES_SQL, (json_rows(wanted),))
+
+
 def write_log(
     curs: Cursor[DictRow],
     stored_events: Sequence[StoredEvent],
     positions: Sequence[int],
     event_keys: EventKeys,
+    asked: Cursor[DictRow] | None = None,
 ) -> None:
-    """Chain and record the events just inserted; the caller holds the event table's lock."""
+    """Chain and record the events just inserted; the caller holds the event table's lock.
+    `asked` is the cursor `ask_previous_hashes` already sent the events' read on; without it,
+    the read is made here."""
     assert len(stored_events) == len(positions)
+    if asked is None:
+        ask_previous_hashes(curs, stored_events)
+        asked = curs
     placed = sorted(zip(positions, stored_events, strict=True), key=lambda p: p[0])
-    firsts: dict[UUID, int] = {}
-    for _, stored in placed:
-        firsts.setdefault(_uuid(stored.originator_id), stored.originator_version)
-    wanted = [(card_id, version - 1) for card_id, version in firsts.items() if version > 1]
-    # One round trip: the previous hash of each card that has one, and the log's last hash.
-    curs.execute(_PREVIOUS_HASHES_SQL, (json_rows([{"id": c, "v": v} for c, v in wanted]),))
     previous: dict[UUID, bytes] = {}
     chain = GENESIS_HASH
-    for row in curs.fetchall():
+    for row in asked.fetchall():
         if row["card_id"] is None:
             chain = bytes(row["hash"])
         else:

@@ -9,6 +9,7 @@ hash chain (projections/log.py) is written in that same transaction, after the e
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from projections.cards import (
     hold_rows,
 )
 from projections.idempotency import write_idempotency_rows
-from projections.log import EventKeys, write_log
+from projections.log import EventKeys, ask_previous_hashes, write_log
 from projections.params import json_rows
 
 
@@ -45,6 +46,15 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         ).format(
             schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
         )
+        # Per thread (the writer, and the threads that save one card alone): the cursor on which
+        # _insert_stored_events sent the ledger log's read, for _fetch_ids_after_insert_events.
+        self._asked = threading.local()
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        try:
+            return super().insert_events(stored_events, **kwargs)
+        finally:
+            self._asked.__dict__.pop("cursor", None)
 
     def _insert_events(
         self,
@@ -76,13 +86,20 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         database on the server shares. Then the batch's stored answers.
 
         The two inserts that may fail (a version or a key another process stored first) are
-        the last statements before the pipeline syncs. PostgreSQL skips what follows a failed
+        the last statements before the pipeline syncs. The ledger log's read of the hashes it
+        chains onto goes first, once the table is locked, and its answer comes back at the same
+        sync: one round trip per batch fewer. PostgreSQL skips what follows a failed
         statement up to the sync, and psycopg could then count as prepared a statement whose
         preparation was skipped: every later batch on that connection failed with "prepared
         statement _pg3_N does not exist". The answers' insert is never prepared, so skipping it
         after a failed event insert leaves nothing behind.
         """
         self._lock_table(curs)
+        # Before the inserts that may fail, so it is never a statement the failure skips; its
+        # answer arrives with theirs, at the sync below.
+        asked = curs.connection.cursor()
+        ask_previous_hashes(asked, stored_events)
+        self._asked.cursor = asked
         rows = [
             {"originator_id": e.originator_id, "originator_version": e.originator_version,
              "topic": e.topic, "state": e.state}
@@ -105,7 +122,9 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         # and no other writer can chain in between.
         positions = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
         assert positions is not None
-        write_log(curs, stored_events, positions, event_keys or {})
+        asked = self._asked.__dict__.pop("cursor")
+        with asked:
+            write_log(curs, stored_events, positions, event_keys or {}, asked)
         return positions
 
 
