@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import secrets
+import sys
 import traceback
 
 import asyncpg
@@ -12,7 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import GC_GEN0_THRESHOLD, create_app
+from api.app import GC_GEN0_THRESHOLD, GIL_SWITCH_INTERVAL_SECONDS, create_app
 from projections.database import unsafe_durability
 from tests.conftest import with_database
 
@@ -130,17 +131,23 @@ async def test_the_service_refuses_to_start_where_commits_could_be_lost(
         assert (await client.get("/health/ready")).status_code == 200
 
 
-async def test_a_served_app_tunes_its_garbage_collector_once_started(settings):
+async def test_a_served_app_tunes_its_runtime_once_started(settings):
     before = gc.get_threshold()
+    switch_before = sys.getswitchinterval()
+    assert switch_before != GIL_SWITCH_INTERVAL_SECONDS
     try:
         async with AsyncTestClient(app=create_app(settings)):
-            assert gc.get_threshold() == before  # Tests and tools keep CPython's defaults.
+            # Tests and tools keep CPython's defaults.
+            assert gc.get_threshold() == before
+            assert sys.getswitchinterval() == switch_before
         app = create_app(settings, served=True)
         assert gc.get_threshold() == before
         async with AsyncTestClient(app=app) as client:
             assert (await client.get("/health/live")).status_code == 200
             assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
             assert gc.get_freeze_count() > 0
+            assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_SECONDS
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        sys.setswitchinterval(switch_before)
