@@ -52,7 +52,8 @@ GC_GEN0_THRESHOLD = 50_000
 # default is 5 ms). The ledger writer gives up the GIL at each of a batch's waits on PostgreSQL
 # and then queues behind the event loop for it. Measured with a batch of 30 payments beside a
 # thread that never blocks (as the event loop under load): 84 ms a batch at 5 ms, 23 ms at 1 ms,
-# 8 ms alone. Under wrk at 64 connections pay gained about a tenth.
+# 8 ms alone. Under wrk at 64 connections, pay gained about a tenth at 1 worker; at 2 workers,
+# where the cores are full anyway, the difference was within the host's noise.
 GIL_SWITCH_INTERVAL_SECONDS = 0.001
 # Every body this service takes is a few hundred bytes. A route that takes files sets its own
 # larger `request_max_body_size`; this is the limit everywhere else (413 beyond it).
