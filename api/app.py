@@ -50,10 +50,11 @@ READ_POOL_SIZE_MAX = 20
 GC_GEN0_THRESHOLD = 50_000
 # How long a served process's thread may keep the GIL while another waits for it (CPython's
 # default is 5 ms). The ledger writer gives up the GIL at each of a batch's waits on PostgreSQL
-# and then queues behind the event loop for it. Measured with a batch of 30 payments beside a
-# thread that never blocks (as the event loop under load): 84 ms a batch at 5 ms, 23 ms at 1 ms,
-# 8 ms alone. Under wrk at 64 connections, pay gained about a tenth at 1 worker; at 2 workers,
-# where the cores are full anyway, the difference was within the host's noise.
+# and then queues behind the event loop for it. `make bench` measures a batch of 30 payments
+# beside a thread that never blocks, as the event loop under load (bench/writer.py); in one
+# run, 84 ms a batch at 5 ms, 23 ms at 1 ms, 8 ms alone. Under wrk at 64 connections, pay
+# gained about a tenth at 1 worker; at 2 workers, where the cores are full anyway, the
+# difference was within the host's noise.
 GIL_SWITCH_INTERVAL_SECONDS = 0.001
 # Every body this service takes is a few hundred bytes. A route that takes files sets its own
 # larger `request_max_body_size`; this is the limit everywhere else (413 beyond it).

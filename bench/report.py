@@ -54,6 +54,7 @@ class RunInfo:
     postgres: str
     floor_path: str
     load_before: str
+    writer: str  # bench/writer.py's line
 
 
 @dataclass(frozen=True)
@@ -192,4 +193,5 @@ def results_document(
         f" `giftledger projections rebuild` took {rebuilt.rebuild_seconds:.1f} s with peak RSS"
         f" {rebuilt.peak_rss_mib:.0f} MiB ({rebuilt.output}).",
         f"- {exported.line()}",
+        f"- {info.writer}",
     ]

@@ -29,6 +29,7 @@ from bench.load import FLOOR, PAY, SCENARIOS, Measurement, run_wrk
 from bench.rebuild import REBUILD_EVENTS, RebuildResult, measure_rebuild
 from bench.seed import Seeded, bench_settings, seed
 from bench.server import Running, serving, status_of
+from bench.writer import WriterResult, measure_writer
 
 WORKER_COUNTS = (1, 2)
 WARMUP_SECONDS = 3
@@ -82,7 +83,9 @@ def run_workers(
     return measurements, check, path
 
 
-def http_runs(url: str) -> tuple[list[Measurement], list[report.LedgerCheck], str]:
+def http_runs(
+    url: str,
+) -> tuple[list[Measurement], list[report.LedgerCheck], str, WriterResult]:
     seeded = seed(url)
     say(f"seeded {seeded.cards:,} cards in {seeded.seconds:.1f} s")
     measurements: list[Measurement] = []
@@ -93,7 +96,10 @@ def http_runs(url: str) -> tuple[list[Measurement], list[report.LedgerCheck], st
         measurements += found
         checks.append(check)
         paths.append(path)
-    return measurements, checks, " and ".join(sorted(set(paths)))
+    # After the pay runs and their ledger checks: these payments are the bench's own.
+    writer = measure_writer(url)
+    say(f"\n{writer.line()}")
+    return measurements, checks, " and ".join(sorted(set(paths))), writer
 
 
 def rebuild_run(server: Server) -> tuple[RebuildResult, ExportResult]:
@@ -131,11 +137,11 @@ def main() -> int:
         say(f"giftledger bench on {report.machine()}\n{postgres}")
         say(f"1-minute load average before the run: {load_before} (should be near 0)")
         with fresh_database(server.url) as url:
-            measurements, checks, path = http_runs(url)
+            measurements, checks, path, writer = http_runs(url)
         rebuilt, exported = rebuild_run(server)
     finally:
         stop_server(server)
-    info = report.RunInfo(postgres, path, load_before)
+    info = report.RunInfo(postgres, path, load_before, writer.line())
     summarize(measurements, checks, rebuilt, exported, info)
     say(f"bench took {time.monotonic() - started:.0f} s")
     # Performance targets are reported; only a ledger check failing (lost or duplicated
