@@ -86,13 +86,14 @@ class CardLedgerRecorder(PostgresApplicationRecorder):
         database on the server shares. Then the batch's stored answers.
 
         The two inserts that may fail (a version or a key another process stored first) are
-        the last statements before the pipeline syncs. The ledger log's read of the hashes it
-        chains onto goes first, once the table is locked, and its answer comes back at the same
-        sync: one round trip per batch fewer. PostgreSQL skips what follows a failed
+        the last statements before the pipeline syncs. PostgreSQL skips what follows a failed
         statement up to the sync, and psycopg could then count as prepared a statement whose
         preparation was skipped: every later batch on that connection failed with "prepared
         statement _pg3_N does not exist". The answers' insert is never prepared, so skipping it
         after a failed event insert leaves nothing behind.
+
+        The ledger log's read of the hashes it chains onto goes before the inserts, once the
+        table is locked; its answer comes back at the same sync, one round trip per batch fewer.
         """
         self._lock_table(curs)
         # Before the inserts that may fail, so it is never a statement the failure skips; its
