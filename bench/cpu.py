@@ -40,24 +40,35 @@ class CpuSeconds:
 
 @dataclass(frozen=True)
 class CpuPerRequest:
-    """Microseconds of CPU per request answered."""
+    """Microseconds of CPU per request answered, by the service, PostgreSQL and wrk."""
 
     service: float
     writer: float
     postgres: float
+    wrk: float
+
+    @property
+    def event_loops(self) -> float:
+        """The service's CPU outside its writer threads: its event loops, mostly."""
+        return self.service - self.writer
+
+    @property
+    def total(self) -> float:
+        return self.service + self.postgres + self.wrk
 
     def line(self) -> str:
         return (
             f"CPU per request: service {self.service:.0f} us (writer {self.writer:.0f} us"
-            f" of it), PostgreSQL {self.postgres:.0f} us"
+            f" of it), PostgreSQL {self.postgres:.0f} us, wrk {self.wrk:.0f} us"
         )
 
 
-def per_request(used: CpuSeconds, requests: int) -> CpuPerRequest:
+def per_request(used: CpuSeconds, requests: int, wrk_seconds: float) -> CpuPerRequest:
     scale = MICROSECONDS / max(1, requests)
     return CpuPerRequest(
-        (used.service + used.writer) * scale, used.writer * scale, used.postgres * scale
-    )
+        (used.service + used.writer) * scale, used.writer * scale, used.postgres * scale,
+        wrk_seconds * scale,
+    )  # fmt: skip
 
 
 def _stat_fields(path: Path) -> list[str] | None:

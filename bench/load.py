@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import resource
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ class Measurement:
     sent: int
     first_error: str
     extra: dict[str, int]
+    # CPU seconds wrk itself used (user + system), from the rusage of waited-for children.
+    wrk_cpu_seconds: float = 0.0
     # Filled in by the caller, which knows the service's processes (bench/cpu.py).
     cpu: CpuPerRequest | None = None
 
@@ -109,10 +113,19 @@ def run_wrk(
 ) -> Measurement:  # fmt: skip
     """Run wrk against 127.0.0.1 only; the scripts live in bench/lua (required from there)."""
     assert base_url.startswith("http://127.0.0.1:"), base_url
+    before = _children_cpu_seconds()
     done = subprocess.run(  # noqa: S603 - fixed program and arguments.
         wrk_command(scenario, base_url, client, extra, seconds),
         cwd=LUA_DIR, capture_output=True, text=True, timeout=WRK_WALL_LIMIT_SECONDS, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr}{done.stdout}")
-    return parse_result(scenario.name, workers, done.stdout)
+    used = _children_cpu_seconds() - before
+    measured = parse_result(scenario.name, workers, done.stdout)
+    return dataclasses.replace(measured, wrk_cpu_seconds=used)
+
+
+def _children_cpu_seconds() -> float:
+    """CPU used so far by this process's finished and waited-for children: wrk, here."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.budget import Budget, pay_budgets
 from bench.export import EXPORT_PEAK_MIB_MAX, ExportResult
 from bench.load import FLOOR, PAY, WRK_CONNECTIONS, WRK_DURATION_SECONDS, WRK_THREADS, Measurement
 from bench.rebuild import RebuildResult
@@ -87,13 +88,13 @@ def scenario_line(m: Measurement, floor_rps: float) -> str:
 def table(measurements: list[Measurement]) -> list[str]:
     rows = [
         "| scenario | workers | req/s | p50 ms | p99 ms | errors | vs floor"
-        " | service CPU us/req | of it, writer | PostgreSQL CPU us/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | service CPU us/req | of it, writer | PostgreSQL CPU us/req | wrk CPU us/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in sorted(measurements, key=lambda m: m.workers):
         cpu = m.cpu
-        cells = ["-"] * 3 if cpu is None else [f"{cpu.service:.0f}", f"{cpu.writer:.0f}",
-                                               f"{cpu.postgres:.0f}"]  # fmt: skip
+        cells = ["-"] * 4 if cpu is None else [f"{cpu.service:.0f}", f"{cpu.writer:.0f}",
+                                               f"{cpu.postgres:.0f}", f"{cpu.wrk:.0f}"]  # fmt: skip
         rows.append(
             f"| {m.scenario} | {m.workers} | {m.rps:.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f}"
             f" | {m.errors} | {ratio(m, measurements):.2f} | {' | '.join(cells)} |"
@@ -142,17 +143,28 @@ def targets(
     ]
 
 
+def budgets(measurements: list[Measurement]) -> list[Budget]:
+    pays = [m for m in measurements if m.scenario == PAY.name]
+    floors = {m.workers: m.rps for m in measurements if m.scenario == FLOOR.name}
+    return pay_budgets(pays, floors, PAY_FLOOR_RATIO_MIN, PAY_P99_MS_MAX, cpu_count())
+
+
 def target_rows(found: list[Target]) -> list[str]:
     rows = ["| target | measured | status |", "|---|---:|---|"]
     rows += [f"| {t.name} | {t.measured} | {'MET' if t.met else 'NOT MET'} |" for t in found]
     return rows
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on, as nproc counts them."""
+    return len(os.sched_getaffinity(0))
+
+
 def machine() -> str:
     meminfo = Path("/proc/meminfo").read_text().split()
     mem_gib = int(meminfo[meminfo.index("MemTotal:") + 1]) / KIB_PER_GIB
     return (
-        f"{len(os.sched_getaffinity(0))} CPUs (nproc), {mem_gib:.1f} GiB memory,"
+        f"{cpu_count()} CPUs (nproc), {mem_gib:.1f} GiB memory,"
         f" {platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
 
@@ -181,12 +193,19 @@ def results_document(
         f"HTTP floor: `GET {info.floor_path}` on the same app. Every request counts as one"
         " operation (reserve and cancelreserve count one each). Latencies are wrk's.",
         "CPU per request is read from /proc over each run: all the service's threads (its"
-        " writer threads also on their own), and all PostgreSQL processes. A worker's threads"
-        " share one GIL, so 1,000,000 / (service CPU per request) bounds a worker's req/s.",
+        " writer threads also on their own), and all PostgreSQL processes; wrk's from its"
+        " rusage. A worker's threads share one GIL, so 1,000,000 / (service CPU per request)"
+        " bounds a worker's req/s.",
         "",
         *table(measurements),
         "",
         *target_rows(targets(measurements, checks, rebuilt, exported)),
+        "",
+        "CPU budgets of the pay targets (bench/budget.py): the CPU a payment may cost at the"
+        " rate a target needs, on this machine's CPUs and in one worker's event loop, against"
+        " what it cost in the run.",
+        "",
+        *[f"- {b.line()}" for b in budgets(measurements)],
         "",
         *[f"- {c.line()}" for c in checks],
         f"- Rebuild: {rebuilt.events:,} events generated in {rebuilt.generate_seconds:.1f} s;"

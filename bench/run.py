@@ -74,7 +74,8 @@ def run_workers(
                 client = seeded.reserver if scenario.uses_reserver else seeded.pos
                 measured = run_wrk(scenario, running.base_url, client, workers, path)
             used = cpu_now(running.pid) - before
-            measured = dataclasses.replace(measured, cpu=per_request(used, measured.requests))
+            cpu = per_request(used, measured.requests, measured.wrk_cpu_seconds)
+            measured = dataclasses.replace(measured, cpu=cpu)
             measurements.append(measured)
             say(report.scenario_line(measured, report.floor_of(measurements, workers).rps))
             if check is not None and scenario is PAY:
