@@ -9,12 +9,13 @@ hash chain (projections/log.py) is written in that same transaction, after the e
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -31,10 +32,24 @@ from projections.idempotency import write_idempotency_rows
 from projections.log import EventKeys, ask_previous_hashes, write_log
 from projections.params import json_rows
 
+# Session settings of the event store's connections (libpq's `options`). No JIT: PostgreSQL
+# compiles a statement with LLVM once its estimated cost passes jit_above_cost (100,000), which
+# the writer's read of a batch's cards crossed once the ledger held some 100,000 events (its
+# estimate assumes 100 cards of several hundred events each). Each batch then spent 20-30 ms of
+# the database's CPU compiling a read that runs in under a millisecond: at 2 workers PostgreSQL
+# used a whole core, and pay fell to half. These connections only run short statements.
+STORE_SESSION_OPTIONS = "-c jit=off"
+
 
 class CardLedgerRecorder(PostgresApplicationRecorder):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        # Before the pool opens (on its first use, in the constructor below), so that every
+        # connection it makes has them.
+        assert datastore.pool.closed, "the event store's pool opened before its options were set"
+        # libpq takes `options` instead of PGOPTIONS: an operator's own options are kept.
+        operator = os.environ.get("PGOPTIONS", "")
+        datastore.pool.kwargs["options"] = f"{operator} {STORE_SESSION_OPTIONS}".strip()
+        super().__init__(datastore, **kwargs)
         # eventsourcing's statement, with the events as one JSON parameter (their states in
         # base64) instead of an array of a composite type that psycopg dumps in Python.
         self.insert_events_statement = SQL(

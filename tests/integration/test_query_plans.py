@@ -11,8 +11,10 @@ import json
 import re
 import uuid
 
+import anyio.to_thread
 import asyncpg
 import pytest
+from litestar import Litestar
 
 from api.service import NOT_CACHED, fresh_cards_sql
 from projections.idempotency import SELECT_SQL as STORED_ANSWERS_SQL
@@ -97,3 +99,17 @@ async def test_stored_answers_are_looked_up_by_key(pool, batch):
     keys = [str(card_id) for card_id in batch]
     text = await plan(pool, STORED_ANSWERS_SQL, ["client"] * len(keys), keys)
     assert "Seq Scan on idempotency_keys" not in text, text
+
+
+async def test_the_event_store_never_compiles_a_statement_with_jit(app: Litestar, world):
+    """Past jit_above_cost PostgreSQL compiles a statement before running it: the read of a
+    batch's cards crossed it as the ledger grew, and then spent 20-30 ms compiling a read that
+    runs in under one (projections/recorder.py STORE_SESSION_OPTIONS)."""
+    datastore = app.state.service.ledger.recorder.datastore
+
+    def settings() -> list[str]:
+        # Several connections at once, so that the pool opens more than the one it reuses.
+        with datastore.get_connection() as first, datastore.get_connection() as second:
+            return [conn.execute("SHOW jit").fetchone()["jit"] for conn in (first, second)]
+
+    assert await anyio.to_thread.run_sync(settings) == ["off", "off"]
