@@ -40,7 +40,7 @@ class Budget:
 
     def line(self) -> str:
         verdict = (
-            f"out of reach at this cost: a payment must cost {self.over:.1f}x less CPU"
+            f"out of reach at this cost: a payment must cost {self.over:.2f}x less CPU"
             if self.over > 1
             else "within both CPU budgets"
         )

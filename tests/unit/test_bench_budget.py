@@ -33,7 +33,7 @@ def test_the_share_target_budgets_the_machine_and_one_event_loop() -> None:
     assert share.loop_spent_us == pytest.approx(500.0)
     # The event loop is the tighter bound: 500 / 333 = 1.5 times too costly.
     assert share.over == pytest.approx(1.5)
-    assert "1.5x less CPU" in share.line()
+    assert "1.50x less CPU" in share.line()
 
 
 def test_the_latency_target_needs_littles_law_rate_and_workers_share_it() -> None:
