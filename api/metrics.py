@@ -36,6 +36,10 @@ BATCH_COMMIT = Histogram(
 CONFLICT_RETRIES = Counter(
     "giftledger_conflict_retries", "Commands re-run with fresh reads after a version conflict"
 )
+SNAPSHOT_FAILURES = Counter(
+    "giftledger_snapshot_failures",
+    "Snapshots the store refused after their events had committed (the writes still succeed)",
+)
 WRITE_CONTENTION = Counter(
     "giftledger_write_contention", "Writes refused with 503 because retries or the queue ran out"
 )

@@ -82,7 +82,12 @@ BATCH_LINGER_SECONDS_DEFAULT = 0.002
 WRITE_QUEUE_MAX = 10_000
 # Aggregates kept in memory per process, so a hot card is not re-read from its first event.
 AGGREGATE_CACHE_MAX = 10_000
-SNAPSHOT_INTERVAL_EVENTS = 200
+# A card is snapshotted by the save that carries it past a multiple of this many events, so a
+# card not in memory replays fewer than this many events (plus one batch) after its snapshot. A
+# snapshot costs the writer about 0.3 ms; replaying costs about 30 µs an event. At 50, a card's
+# snapshots cost 6 µs an event, and a cold read replays 25 events (0.8 ms) on average, against
+# 100 (3 ms) at 200: cards beyond the aggregate cache, or read after a restart, are cold reads.
+SNAPSHOT_INTERVAL_EVENTS = 50
 # The writer thread's name as the OS shows it (top -H, pidstat -t, /proc/<pid>/task/*/comm), so
 # its share of a worker's CPU can be told apart from the event loop's (make bench prints both).
 WRITER_OS_THREAD_NAME = "ledger-writer"
@@ -165,6 +170,31 @@ class CardLedger(Application[uuid.UUID]):
         self._take_snapshots(processing_event)
         self._notify(recordings)
         return recordings
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[uuid.UUID]) -> None:
+        """Snapshot each card this save carried past a multiple of SNAPSHOT_INTERVAL_EVENTS, from
+        the card in memory, whose events have just committed: its state is the stored one, at
+        its version. eventsourcing's own take_snapshot re-reads the card from the store at that
+        version instead, which cost the writer 6 ms for 200 events against 0.3 ms.
+
+        All of a save's snapshots go in one transaction, after the events' own. A snapshot only
+        saves later reads work: the store refusing it must not turn the committed write into an
+        error (a client told a payment failed could pay again), so that is logged and counted.
+        """
+        crossed = {
+            event.originator_id
+            for event in processing_event.events
+            if event.originator_version % SNAPSHOT_INTERVAL_EVENTS == 0
+        }
+        cards = [processing_event.aggregates[card_id] for card_id in crossed]
+        if not cards or self.snapshots is None:
+            return
+        snapshots = [Card.Snapshot.take(card) for card in cards]
+        try:
+            self.snapshots.put(snapshots)
+        except Exception:
+            metrics.SNAPSHOT_FAILURES.inc(len(snapshots))
+            logger.exception("%d card snapshot(s) were not stored; their events were", len(cards))
 
     def events_table(self) -> str:
         recorder: Any = self.recorder
