@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -63,8 +64,10 @@ async def refresh_gauges(reader: CardReader) -> None:
 
 
 async def run_sweeper(reader: CardReader, service: CardService, interval_s: float) -> None:
-    last_purge = 0.0
-    last_gauges = 0.0
+    # Both run on the first pass: time.monotonic() counts from the host's boot, so a start 0.0
+    # left a service on a host up for less than an hour without a purge until it was.
+    last_purge = -math.inf
+    last_gauges = -math.inf
     while True:
         try:
             if time.monotonic() - last_gauges > GAUGE_REFRESH_INTERVAL_SECONDS:

@@ -48,10 +48,26 @@ def select_stored(
     return {(row["scope"], row["key"]): row for row in curs.fetchall()}
 
 
-async def purge_expired_keys(pool: asyncpg.Pool) -> int:
-    """Delete keys older than the retention; returns how many went."""
-    status = await pool.execute(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
-        IDEMPOTENCY_RETENTION_HOURS,
-    )
-    return int(str(status).rsplit(" ", 1)[-1])
+# Expired keys are deleted this many per statement, each its own short transaction: an hour's
+# keys at a few hundred writes a second are a million rows, and one DELETE of them all held one
+# transaction open for seconds (and the vacuum horizon with it) and wrote its WAL in one burst.
+PURGE_BATCH_ROWS = 10_000
+# SKIP LOCKED: every worker's sweeper purges; at once, they share the rows instead of queueing
+# on each other's row locks.
+PURGE_SQL = (
+    "DELETE FROM idempotency_keys WHERE (scope, key) IN"
+    " (SELECT scope, key FROM idempotency_keys"
+    "  WHERE created_at < now() - make_interval(hours => $1)"
+    "  LIMIT $2 FOR UPDATE SKIP LOCKED)"
+)
+
+
+async def purge_expired_keys(pool: asyncpg.Pool, batch_rows: int = PURGE_BATCH_ROWS) -> int:
+    """Delete keys older than the retention, batch_rows per transaction; returns how many went."""
+    purged = 0
+    while True:
+        status = await pool.execute(PURGE_SQL, IDEMPOTENCY_RETENTION_HOURS, batch_rows)
+        deleted = int(str(status).rsplit(" ", 1)[-1])
+        purged += deleted
+        if deleted < batch_rows:
+            return purged

@@ -8,6 +8,8 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from projections.idempotency import IDEMPOTENCY_RETENTION_HOURS, purge_expired_keys
+
 RESICO = "/api/giftcards/v1"
 _numbers = itertools.count(5_000_000_000_000_000)
 
@@ -171,3 +173,55 @@ async def test_a_refused_giftstream_create_replays_its_seed_shaped_answer(http, 
     assert first.status_code == again.status_code == 400
     assert first.json()["message"] == "Data Invalid: Card identifier already exists"
     assert again.content == first.content
+
+
+async def _age_key(pool, key: str, hours: float) -> None:
+    updated = await pool.execute(
+        "UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $2) WHERE key = $1",
+        key,
+        hours * 3600,
+    )
+    assert updated == "UPDATE 1"
+
+
+async def _old_keys(pool, count: int) -> None:
+    """count answers stored an hour past the retention, straight into the table."""
+    await pool.execute(
+        "INSERT INTO idempotency_keys"
+        " (scope, key, request_hash, status_code, response_body, media_type, created_at)"
+        " SELECT 'client:old', 'old-' || i, 'h', 200, '\\x7b7d', 'application/json',"
+        "  now() - make_interval(hours => $2 + 1)"
+        " FROM generate_series(1, $1) AS i",
+        count,
+        IDEMPOTENCY_RETENTION_HOURS,
+    )
+
+
+async def test_keys_are_kept_for_the_retention_and_purged_after_it_in_batches(http, world, pool):
+    number = new_number()
+    await sell(http, world.pos, number)
+    await use(http, world.pos, number, "1.00", "kept")
+    await use(http, world.pos, number, "1.00", "expired")
+    await _age_key(pool, "kept", IDEMPOTENCY_RETENTION_HOURS - 1)  # Past the promised 24 h.
+    await _age_key(pool, "expired", IDEMPOTENCY_RETENTION_HOURS + 1)
+    await _old_keys(pool, 2_500)
+
+    purged = await purge_expired_keys(pool, batch_rows=1_000)  # Three batches.
+
+    assert purged == 2_501
+    assert await pool.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'kept'") == 1
+    kept = await use(http, world.pos, number, "1.00", "kept")
+    assert kept.headers["idempotent-replayed"] == "true"
+    # An expired key is forgotten: the same request is a new payment.
+    expired = await use(http, world.pos, number, "1.00", "expired")
+    assert "idempotent-replayed" not in expired.headers
+    assert await event_types(http, world.auditor, number) == ["Sold"] + ["Redeemed"] * 3
+
+
+async def test_sweepers_purging_at_once_share_the_expired_keys(pool, world):
+    await _old_keys(pool, 5_000)
+
+    purged = await asyncio.gather(*(purge_expired_keys(pool, batch_rows=500) for _ in range(3)))
+
+    assert sum(purged) == 5_000
+    assert await pool.fetchval("SELECT count(*) FROM idempotency_keys") == 0
