@@ -146,7 +146,7 @@ def create_app(settings: Settings, served: bool = False) -> Litestar:
                 reset=keep_session,
             )  # fmt: skip
         ledger = await anyio.to_thread.run_sync(
-            lambda: open_ledger(url)
+            lambda: open_ledger(url, settings.card_cache_size)
         )
         await anyio.to_thread.run_sync(ledger.adopt_unchained_log)
         service = CardService(

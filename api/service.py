@@ -43,6 +43,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEven
 from api import metrics
 from api.errors import IdempotencyKeyReused, WriteContention
 from api.idempotency import IdempotentWrite, StoredResponse
+from api.settings import DEFAULT_CARD_CACHE_SIZE
 from ledger.card import (
     Card,
     CardTerms,
@@ -80,8 +81,6 @@ BATCH_SIZE_MAX_DEFAULT = 64
 BATCH_LINGER_SECONDS_DEFAULT = 0.002
 # Commands waiting for the writer; beyond this the service answers 503 rather than queue forever.
 WRITE_QUEUE_MAX = 10_000
-# Aggregates kept in memory per process, so a hot card is not re-read from its first event.
-AGGREGATE_CACHE_MAX = 10_000
 # A card is snapshotted by the save that carries it past a multiple of this many events, so a
 # card not in memory replays fewer than this many events (plus one batch) after its snapshot. A
 # snapshot costs the writer about 0.3 ms; replaying costs about 30 µs an event. At 50, a card's
@@ -206,7 +205,7 @@ class CardLedger(Application[uuid.UUID]):
             return adopt_unchained_log(curs, self.events_table())
 
 
-def open_ledger(url: str) -> CardLedger:
+def open_ledger(url: str, cache_size: int = DEFAULT_CARD_CACHE_SIZE) -> CardLedger:
     """The card ledger on the database at url, its event store's tables created if need be.
 
     eventsourcing creates its tables, and alters their storage settings, each time a ledger is
@@ -217,17 +216,20 @@ def open_ledger(url: str) -> CardLedger:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
         try:
-            return CardLedger(env=ledger_env(eventsourcing_env(url)))
+            return CardLedger(env=ledger_env(eventsourcing_env(url), cache_size))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
-def ledger_env(postgres_env: dict[str, str]) -> dict[str, str]:
+def ledger_env(
+    postgres_env: dict[str, str], cache_size: int = DEFAULT_CARD_CACHE_SIZE
+) -> dict[str, str]:
     return {
         **postgres_env,
         "APPLICATION_RECORDER_TOPIC": "projections.recorder:CardLedgerRecorder",
         "CREATE_TABLE": "y",
-        "AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_MAX),
+        # Aggregates kept in memory per process, so a hot card is not re-read from its snapshot.
+        "AGGREGATE_CACHE_MAXSIZE": str(cache_size),
         # Each read catches a cached card up with events other processes wrote since.
         "AGGREGATE_CACHE_FASTFORWARD": "y",
     }
@@ -314,7 +316,9 @@ class CardService:
 
     def forget_cached_cards(self) -> None:
         """Drop every cached aggregate, e.g. after the event table was emptied behind our back."""
-        self.ledger.repository.cache = LRUCache(maxsize=AGGREGATE_CACHE_MAX)
+        cache = self.ledger.repository.cache
+        assert cache is not None
+        self.ledger.repository.cache = LRUCache(maxsize=cache.maxsize)
 
     def close(self) -> None:
         self._queue.put(None)

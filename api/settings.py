@@ -13,6 +13,10 @@ DEFAULT_GIFTSTREAM_CURRENCIES = (826, 840, 978)
 DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS = 1.0
 DEFAULT_BATCH_SIZE_MAX = 64
 DEFAULT_BATCH_LINGER_MS = 2.0
+# Card aggregates each worker keeps in memory, about 1.1 KiB each (110 MiB when full). A card
+# beyond them is a cold read: its latest snapshot and up to 50 events, about 0.8 ms of the
+# writer's CPU and a read of PostgreSQL's, against a few µs for a cached card.
+DEFAULT_CARD_CACHE_SIZE = 100_000
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -58,6 +62,7 @@ class Settings:
     hold_sweep_interval_seconds: float = DEFAULT_HOLD_SWEEP_INTERVAL_SECONDS
     batch_size_max: int = DEFAULT_BATCH_SIZE_MAX
     batch_linger_ms: float = DEFAULT_BATCH_LINGER_MS
+    card_cache_size: int = DEFAULT_CARD_CACHE_SIZE
     client_rate_limit: RateLimit = DEFAULT_CLIENT_RATE_LIMIT
     not_found_rate_limit: RateLimit = DEFAULT_NOT_FOUND_RATE_LIMIT
     token_rate_limit: RateLimit = DEFAULT_TOKEN_RATE_LIMIT
@@ -80,6 +85,8 @@ class Settings:
             raise ValueError(f"GIFTLEDGER_LOG_FORMAT must be one of {LOG_FORMATS}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"GIFTLEDGER_LOG_LEVEL must be one of {LOG_LEVELS}")
+        if self.card_cache_size < 1:
+            raise ValueError("GIFTLEDGER_CARD_CACHE_SIZE must be at least 1")
 
     @property
     def embedded(self) -> bool:
@@ -110,6 +117,7 @@ class Settings:
             ),
             batch_size_max=int(env.get("GIFTLEDGER_BATCH_SIZE", DEFAULT_BATCH_SIZE_MAX)),
             batch_linger_ms=float(env.get("GIFTLEDGER_BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS)),
+            card_cache_size=int(env.get("GIFTLEDGER_CARD_CACHE_SIZE", DEFAULT_CARD_CACHE_SIZE)),
             client_rate_limit=_rate_limit(env, "", DEFAULT_CLIENT_RATE_LIMIT),
             not_found_rate_limit=_rate_limit(env, "_NOT_FOUND", DEFAULT_NOT_FOUND_RATE_LIMIT),
             token_rate_limit=_rate_limit(env, "_TOKEN", DEFAULT_TOKEN_RATE_LIMIT),

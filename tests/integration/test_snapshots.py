@@ -71,6 +71,14 @@ def test_a_long_history_is_snapshotted_and_a_cold_read_equals_the_live_card(worl
         batch_ledger.close()
 
 
+def _is_cached(cache: Any, card_id: uuid.UUID) -> bool:
+    try:
+        cache.get(card_id)
+    except KeyError:
+        return False
+    return True
+
+
 def _state(card: Card) -> dict[str, Any]:
     return {name: value for name, value in vars(card).items() if name != "_pending_events"}
 
@@ -155,6 +163,35 @@ def test_a_snapshot_the_store_refuses_does_not_fail_the_committed_write(world, d
             service.submit(NUMBER, lambda c: c.redeem(1, origin())).result(timeout=10)
         versions = [s.originator_version for s in ledger.snapshots.get(card_id)]
         assert versions == [2 * SNAPSHOT_INTERVAL_EVENTS]  # The next multiple is snapshotted.
+    finally:
+        service.close()
+        ledger.close()
+
+
+def test_a_card_beyond_the_configured_cache_is_read_back_and_pays_correctly(world, database_url):
+    env = ledger_env(eventsourcing_env(database_url), cache_size=2)
+    ledger = CardLedger(env=env)
+    service = CardService(ledger, 900)
+    numbers = [f"70000000000000{i:02d}" for i in range(1, 4)]
+    try:
+        for ref, number in enumerate(numbers, start=1):
+            service.sell_now(number, ref, TERMS, 10_000, origin())
+        # Past a snapshot, so that the cold read starts from one and replays the rest.
+        for _ in range(SNAPSHOT_INTERVAL_EVENTS + 3):
+            for number in numbers:
+                service.submit(number, lambda c: c.redeem(1, origin())).result(timeout=10)
+        cache: Any = ledger.repository.cache
+        assert cache.maxsize == 2
+        assert sum(_is_cached(cache, card_id_for(n)) for n in numbers) == 2
+
+        # Each card in turn: at most two fit, so every read here evicts another card.
+        for number in numbers:
+            paid = service.submit(number, lambda c: c.redeem(7, origin())).result(timeout=10)
+            assert paid.balance_minor == 10_000 - (SNAPSHOT_INTERVAL_EVENTS + 3) - 7
+            assert paid.version == SNAPSHOT_INTERVAL_EVENTS + 5
+            assert _state(ledger.repository.get(card_id_for(number))) == _state(
+                _fold(ledger, card_id_for(number), paid.version)
+            )
     finally:
         service.close()
         ledger.close()
