@@ -7,6 +7,8 @@ _take_snapshots); each must equal the fold of the card's events up to its versio
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -14,6 +16,7 @@ import psycopg
 from prometheus_client import REGISTRY
 
 from api.service import SNAPSHOT_INTERVAL_EVENTS, CardLedger, CardService, ledger_env
+from api.settings import DEFAULT_CARD_CACHE_SIZE
 from ledger.card import Card, CardTerms, Origin, card_id_for
 from projections.database import eventsourcing_env
 
@@ -71,6 +74,18 @@ def test_a_long_history_is_snapshotted_and_a_cold_read_equals_the_live_card(worl
         batch_ledger.close()
 
 
+@contextmanager
+def writer(database_url: str, cache_size: int = DEFAULT_CARD_CACHE_SIZE) -> Iterator[CardService]:
+    """A ledger of its own (a process's, with an empty cache) and its writer."""
+    ledger = CardLedger(env=ledger_env(eventsourcing_env(database_url), cache_size))
+    service = CardService(ledger, 900)
+    try:
+        yield service
+    finally:
+        service.close()
+        ledger.close()
+
+
 def _is_cached(cache: Any, card_id: uuid.UUID) -> bool:
     try:
         cache.get(card_id)
@@ -94,10 +109,8 @@ def _fold(ledger: CardLedger, card_id: uuid.UUID, version: int) -> Card:
 
 
 def test_every_snapshot_equals_the_fold_of_the_events_up_to_its_version(world, database_url):
-    env = ledger_env(eventsourcing_env(database_url))
-    ledger = CardLedger(env=env)
-    service = CardService(ledger, 900)
-    try:
+    with writer(database_url) as service:
+        ledger = service.ledger
         service.sell_now(NUMBER, 1, TERMS, 10**8, origin())
         # Holds taken and released, and payments, so a snapshot carries holds and balances.
         for step in range(3 * SNAPSHOT_INTERVAL_EVENTS + 7):
@@ -115,9 +128,6 @@ def test_every_snapshot_equals_the_fold_of_the_events_up_to_its_version(world, d
             assert snapshot.originator_version % SNAPSHOT_INTERVAL_EVENTS == 0  # One at a time.
             from_snapshot = snapshot.mutate(None)
             assert _state(from_snapshot) == _state(_fold(ledger, card_id, from_snapshot.version))
-    finally:
-        service.close()
-        ledger.close()
 
 
 def _snapshot_failures() -> float:
@@ -137,11 +147,9 @@ ACCEPT_SNAPSHOTS_SQL = """
 
 
 def test_a_snapshot_the_store_refuses_does_not_fail_the_committed_write(world, database_url):
-    env = ledger_env(eventsourcing_env(database_url))
-    ledger = CardLedger(env=env)
-    service = CardService(ledger, 900)
     card_id = card_id_for(NUMBER)
-    try:
+    with writer(database_url) as service:
+        ledger = service.ledger
         service.sell_now(NUMBER, 1, TERMS, 10**8, origin())
         for _ in range(SNAPSHOT_INTERVAL_EVENTS - 2):
             service.submit(NUMBER, lambda c: c.redeem(1, origin())).result(timeout=10)
@@ -163,17 +171,12 @@ def test_a_snapshot_the_store_refuses_does_not_fail_the_committed_write(world, d
             service.submit(NUMBER, lambda c: c.redeem(1, origin())).result(timeout=10)
         versions = [s.originator_version for s in ledger.snapshots.get(card_id)]
         assert versions == [2 * SNAPSHOT_INTERVAL_EVENTS]  # The next multiple is snapshotted.
-    finally:
-        service.close()
-        ledger.close()
 
 
 def test_a_card_beyond_the_configured_cache_is_read_back_and_pays_correctly(world, database_url):
-    env = ledger_env(eventsourcing_env(database_url), cache_size=2)
-    ledger = CardLedger(env=env)
-    service = CardService(ledger, 900)
     numbers = [f"70000000000000{i:02d}" for i in range(1, 4)]
-    try:
+    with writer(database_url, cache_size=2) as service:
+        ledger = service.ledger
         for ref, number in enumerate(numbers, start=1):
             service.sell_now(number, ref, TERMS, 10_000, origin())
         # Past a snapshot, so that the cold read starts from one and replays the rest.
@@ -192,6 +195,3 @@ def test_a_card_beyond_the_configured_cache_is_read_back_and_pays_correctly(worl
             assert _state(ledger.repository.get(card_id_for(number))) == _state(
                 _fold(ledger, card_id_for(number), paid.version)
             )
-    finally:
-        service.close()
-        ledger.close()
