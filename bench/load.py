@@ -15,6 +15,8 @@ from bench.seed import CARD_COUNT, CARD_NUMBER_LENGTH, CARD_PREFIX, BenchClient
 LUA_DIR = Path(__file__).parent / "lua"
 WRK_THREADS = 2
 WRK_CONNECTIONS = 64
+# A lone terminal: pay's latency with nothing queued ahead of it.
+UNLOADED_CONNECTIONS = 1
 WRK_DURATION_SECONDS = 10
 WRK_TIMEOUT_SECONDS = 5
 # wrk itself stops after its duration; this bounds a hung wrk.
@@ -74,10 +76,11 @@ class Measurement:
 
 
 def wrk_command(
-    scenario: Scenario, base_url: str, client: BenchClient, extra: str, seconds: int
-) -> list[str]:
+    scenario: Scenario, base_url: str, client: BenchClient, extra: str, seconds: int,
+    connections: int = WRK_CONNECTIONS,
+) -> list[str]:  # fmt: skip
     return [
-        "wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s",
+        "wrk", f"-t{min(WRK_THREADS, connections)}", f"-c{connections}", f"-d{seconds}s",
         f"--timeout={WRK_TIMEOUT_SECONDS}s", "--latency", "-s", scenario.script, base_url, "--",
         client.token, client.consumer_key, str(CARD_COUNT), CARD_PREFIX,
         str(CARD_NUMBER_LENGTH), extra,
@@ -109,13 +112,13 @@ def parse_result(scenario: str, workers: int, output: str) -> Measurement:
 
 def run_wrk(
     scenario: Scenario, base_url: str, client: BenchClient, workers: int,
-    extra: str = "", seconds: int = WRK_DURATION_SECONDS,
+    extra: str = "", seconds: int = WRK_DURATION_SECONDS, connections: int = WRK_CONNECTIONS,
 ) -> Measurement:  # fmt: skip
     """Run wrk against 127.0.0.1 only; the scripts live in bench/lua (required from there)."""
     assert base_url.startswith("http://127.0.0.1:"), base_url
     before = _children_cpu_seconds()
     done = subprocess.run(  # noqa: S603 - fixed program and arguments.
-        wrk_command(scenario, base_url, client, extra, seconds),
+        wrk_command(scenario, base_url, client, extra, seconds, connections),
         cwd=LUA_DIR, capture_output=True, text=True, timeout=WRK_WALL_LIMIT_SECONDS, check=False,
     )  # fmt: skip
     if done.returncode != 0:

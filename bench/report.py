@@ -10,7 +10,15 @@ from pathlib import Path
 
 from bench.budget import Budget, pay_budgets
 from bench.export import EXPORT_PEAK_MIB_MAX, ExportResult
-from bench.load import FLOOR, PAY, WRK_CONNECTIONS, WRK_DURATION_SECONDS, WRK_THREADS, Measurement
+from bench.load import (
+    FLOOR,
+    PAY,
+    UNLOADED_CONNECTIONS,
+    WRK_CONNECTIONS,
+    WRK_DURATION_SECONDS,
+    WRK_THREADS,
+    Measurement,
+)
 from bench.rebuild import RebuildResult
 
 RESULTS_FILE = Path(__file__).parent / "RESULTS.md"
@@ -56,6 +64,7 @@ class RunInfo:
     floor_path: str
     load_before: str
     writer: str  # bench/writer.py's line
+    unloaded: tuple[str, ...] = ()  # unloaded_line() of pay at one connection, per worker count
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,14 @@ def scenario_line(m: Measurement, floor_rps: float) -> str:
     if m.cpu is not None:
         line += f"\n    {m.cpu.line()}"
     return line + (f"\n    first error: {m.first_error}" if m.first_error else "")
+
+
+def unloaded_line(m: Measurement) -> str:
+    return (
+        f"{m.scenario} at {UNLOADED_CONNECTIONS} connection, {m.workers} worker(s), nothing queued"
+        f" ahead: p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, {m.rps:.0f} req/s,"
+        f" {m.errors} errors."
+    )
 
 
 def table(measurements: list[Measurement]) -> list[str]:
@@ -212,5 +229,6 @@ def results_document(
         f" `giftledger projections rebuild` took {rebuilt.rebuild_seconds:.1f} s with peak RSS"
         f" {rebuilt.peak_rss_mib:.0f} MiB ({rebuilt.output}).",
         f"- {exported.line()}",
+        *[f"- {line}" for line in info.unloaded],
         f"- {info.writer}",
     ]

@@ -25,7 +25,7 @@ from bench.database import (
     stop_server,
 )
 from bench.export import ExportResult, measure_export
-from bench.load import FLOOR, PAY, SCENARIOS, Measurement, run_wrk
+from bench.load import FLOOR, PAY, SCENARIOS, UNLOADED_CONNECTIONS, Measurement, run_wrk
 from bench.rebuild import REBUILD_EVENTS, RebuildResult, measure_rebuild
 from bench.seed import Seeded, bench_settings, seed
 from bench.server import Running, serving, status_of
@@ -58,7 +58,7 @@ def measure_pay(
 
 def run_workers(
     url: str, seeded: Seeded, workers: int
-) -> tuple[list[Measurement], report.LedgerCheck, str]:
+) -> tuple[list[Measurement], report.LedgerCheck, str, str]:
     measurements: list[Measurement] = []
     with serving(url, workers) as running:
         path = floor_path(running.base_url)
@@ -80,27 +80,33 @@ def run_workers(
             say(report.scenario_line(measured, report.floor_of(measurements, workers).rps))
             if check is not None and scenario is PAY:
                 say(f"  {check.line()}")
+        # After the pay run and its ledger check, which these payments do not enter.
+        lone = run_wrk(PAY, running.base_url, seeded.pos, workers, connections=UNLOADED_CONNECTIONS)
+        unloaded = report.unloaded_line(lone)
+        say(f"  {unloaded}")
     assert check is not None
-    return measurements, check, path
+    return measurements, check, path, unloaded
 
 
 def http_runs(
     url: str,
-) -> tuple[list[Measurement], list[report.LedgerCheck], str, WriterResult]:
+) -> tuple[list[Measurement], list[report.LedgerCheck], str, WriterResult, tuple[str, ...]]:
     seeded = seed(url)
     say(f"seeded {seeded.cards:,} cards in {seeded.seconds:.1f} s")
     measurements: list[Measurement] = []
     checks: list[report.LedgerCheck] = []
     paths: list[str] = []
+    unloaded: list[str] = []
     for workers in WORKER_COUNTS:
-        found, check, path = run_workers(url, seeded, workers)
+        found, check, path, lone = run_workers(url, seeded, workers)
         measurements += found
         checks.append(check)
         paths.append(path)
+        unloaded.append(lone)
     # After the pay runs and their ledger checks: these payments are the bench's own.
     writer = measure_writer(url)
     say(f"\n{writer.line()}")
-    return measurements, checks, " and ".join(sorted(set(paths))), writer
+    return measurements, checks, " and ".join(sorted(set(paths))), writer, tuple(unloaded)
 
 
 def rebuild_run(server: Server) -> tuple[RebuildResult, ExportResult]:
@@ -138,11 +144,11 @@ def main() -> int:
         say(f"giftledger bench on {report.machine()}\n{postgres}")
         say(f"1-minute load average before the run: {load_before} (should be near 0)")
         with fresh_database(server.url) as url:
-            measurements, checks, path, writer = http_runs(url)
+            measurements, checks, path, writer, unloaded = http_runs(url)
         rebuilt, exported = rebuild_run(server)
     finally:
         stop_server(server)
-    info = report.RunInfo(postgres, path, load_before, writer.line())
+    info = report.RunInfo(postgres, path, load_before, writer.line(), unloaded)
     summarize(measurements, checks, rebuilt, exported, info)
     say(f"bench took {time.monotonic() - started:.0f} s")
     # Performance targets are reported; only a ledger check failing (lost or duplicated
