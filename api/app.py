@@ -17,6 +17,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from api import metrics
 from api.auth import ClientCache, KeyCache, jwt_auth, token_endpoint
 from api.authz import authorize
 from api.bootstrap import database_url, pinned_key, prepare_database, run_blocking
@@ -35,10 +36,11 @@ from api.replica import ReadRouting, read_your_writes_middleware
 from api.reports import reports_router
 from api.request_context import RequestContextMiddleware
 from api.resico import resico_router
-from api.service import CardService, open_ledger
+from api.service import CardLedger, CardService, open_ledger
 from api.settings import Settings
 from api.sweeper import run_sweeper
 from api.tracing import name_server_span, tracing_plugin
+from api.writer_process import RemoteCardService, WriterClient
 from projections.cards import CardReader
 from projections.config import ConfigStore
 
@@ -126,6 +128,20 @@ def tune_runtime() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
 
 
+def new_service(ledger: CardLedger, settings: Settings) -> CardService:
+    """With `giftledger serve`'s writer process, commands go there; otherwise to a writer
+    thread of this process."""
+    if settings.writer_socket:
+        client = WriterClient(settings.writer_socket)
+        return RemoteCardService(ledger, settings.hold_ttl_seconds, client)
+    return CardService(
+        ledger,
+        settings.hold_ttl_seconds,
+        batch_size_max=settings.batch_size_max,
+        batch_linger_seconds=settings.batch_linger_ms / 1000,
+    )
+
+
 def create_app(settings: Settings, served: bool = False) -> Litestar:
     """`served` is for the process that serves HTTP (not tests): its garbage collector and GIL
     switching are tuned once the app has started."""
@@ -145,16 +161,9 @@ def create_app(settings: Settings, served: bool = False) -> Litestar:
                 settings.read_database_url, min_size=1, max_size=READ_POOL_SIZE_MAX,
                 reset=keep_session,
             )  # fmt: skip
-        ledger = await anyio.to_thread.run_sync(
-            lambda: open_ledger(url, settings.card_cache_size)
-        )
+        ledger = await anyio.to_thread.run_sync(lambda: open_ledger(url, settings.card_cache_size))
         await anyio.to_thread.run_sync(ledger.adopt_unchained_log)
-        service = CardService(
-            ledger,
-            settings.hold_ttl_seconds,
-            batch_size_max=settings.batch_size_max,
-            batch_linger_seconds=settings.batch_linger_ms / 1000,
-        )
+        service = new_service(ledger, settings)
         config = ConfigStore(pool)
         reader = CardReader(pool)
         app.state.update(
@@ -165,14 +174,20 @@ def create_app(settings: Settings, served: bool = False) -> Litestar:
         sweeper = asyncio.create_task(
             run_sweeper(reader, service, settings.hold_sweep_interval_seconds)
         )
+        background = [sweeper]
+        if isinstance(service, RemoteCardService):
+            client = service.client
+            metrics.export_writer_metrics(lambda: client.writer_families)
+            background.append(asyncio.create_task(client.refresh_metrics()))
         if served:
             tune_runtime()
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await anyio.to_thread.run_sync(service.close)
             await pool.close()
             if replica is not None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -122,20 +124,41 @@ def serve(
     if demo:
         _print_demo(demo, host, port)
     _exit_cleanly_on_signals()
-    uvicorn.run(
-        "api.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        timeout_worker_healthcheck=worker_healthcheck_timeout,
-        # uvicorn configures logging in this process and in each worker with this dictionary,
-        # so its own lines come out in the service's format too.
-        log_config=logging_dict(settings),
-        access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
-    )
+    with writer_process(settings, url):
+        uvicorn.run(
+            "api.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_worker_healthcheck=worker_healthcheck_timeout,
+            # uvicorn configures logging in this process and in each worker with this dictionary,
+            # so its own lines come out in the service's format too.
+            log_config=logging_dict(settings),
+            access_log=False,
+            proxy_headers=True,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
+
+
+@contextlib.contextmanager
+def writer_process(settings: Settings, url: str) -> Iterator[None]:
+    """With GIFTLEDGER_WRITER=process, one ledger writer process for every worker, on a socket
+    in a private directory; the workers find it in GIFTLEDGER_WRITER_SOCKET. It stops last."""
+    if settings.writer_mode != "process":
+        yield
+        return
+    from api.writer_process import WriterSupervisor
+
+    with tempfile.TemporaryDirectory(prefix="giftledger-writer-") as directory:
+        os.chmod(directory, 0o700)
+        supervisor = WriterSupervisor(settings, url, directory)
+        supervisor.start()
+        os.environ["GIFTLEDGER_WRITER_SOCKET"] = supervisor.path
+        try:
+            yield
+        finally:
+            supervisor.stop()
 
 
 def _exit_cleanly_on_signals() -> None:

@@ -28,6 +28,15 @@ class WriteContention(Exception):
     retry_after_seconds = 1
 
 
+class WriterUnavailable(WriteContention):
+    """The ledger writer process cannot be reached; the command was not sent. Retry later."""
+
+
+class OutcomeUnknown(Exception):
+    """The ledger writer stopped after it received the command and before it answered: the
+    command may have committed. A retry with the same Idempotency-Key gets the first answer."""
+
+
 class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was first used with a different request."""
 
@@ -113,9 +122,13 @@ def _report_problem(exc: ReportRefused) -> ProblemDetailsException:
 
 
 def _contention_problem(exc: WriteContention) -> ProblemDetailsException:
-    return _problem(
-        503, "card_busy", str(exc), headers={"Retry-After": str(exc.retry_after_seconds)}
-    )
+    code = "writer_unavailable" if isinstance(exc, WriterUnavailable) else "card_busy"
+    return _problem(503, code, str(exc), headers={"Retry-After": str(exc.retry_after_seconds)})
+
+
+def _unknown_outcome_problem(exc: OutcomeUnknown) -> ProblemDetailsException:
+    # No Retry-After: a retry without the request's Idempotency-Key could apply it twice.
+    return _problem(503, "outcome_unknown", f"{exc}; retry with the same Idempotency-Key")
 
 
 def _idempotency_problem(exc: IdempotencyKeyReused) -> ProblemDetailsException:
@@ -143,6 +156,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 ApiError: _api_problem,
                 ReportRefused: _report_problem,
                 WriteContention: _contention_problem,
+                OutcomeUnknown: _unknown_outcome_problem,
                 IdempotencyKeyReused: _idempotency_problem,
             }
         )
@@ -183,6 +197,14 @@ def _giftstream_response(status: int, message: str) -> Response[dict[str, Any]]:
     return Response(giftstream_body(message), status_code=status)
 
 
+def _giftstream_unavailable(exc: WriteContention | OutcomeUnknown) -> Response[Any]:
+    if isinstance(exc, OutcomeUnknown):  # No Retry-After, as for the other APIs.
+        return _giftstream_response(503, "Outcome unknown, retry with the same Idempotency-Key")
+    response = _giftstream_response(503, "Service busy, please retry")
+    response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
+
+
 def giftstream_exception_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, GiftStreamError):
         return _giftstream_response(exc.status, exc.message)
@@ -194,10 +216,8 @@ def giftstream_exception_handler(_: Request[Any, Any, Any], exc: Exception) -> R
         return _giftstream_response(status, GIFTSTREAM_MESSAGES.get(exc.code, exc.detail))
     if isinstance(exc, IdempotencyKeyReused):
         return _giftstream_response(422, f"Data Invalid: {exc}")
-    if isinstance(exc, WriteContention):
-        response = _giftstream_response(503, "Service busy, please retry")
-        response.headers["Retry-After"] = str(exc.retry_after_seconds)
-        return response
+    if isinstance(exc, WriteContention | OutcomeUnknown):
+        return _giftstream_unavailable(exc)
     if isinstance(exc, HTTPException):
         response = _giftstream_response(exc.status_code, redact(str(exc.detail)))
         response.headers.update(exc.headers or {})  # Retry-After on 429, for one.
@@ -210,6 +230,7 @@ GIFTSTREAM_EXCEPTION_HANDLERS = {
     LedgerError: giftstream_exception_handler,
     ApiError: giftstream_exception_handler,
     WriteContention: giftstream_exception_handler,
+    OutcomeUnknown: giftstream_exception_handler,
     IdempotencyKeyReused: giftstream_exception_handler,
     HTTPException: giftstream_exception_handler,
 }

@@ -26,10 +26,10 @@ async def live() -> dict[str, str]:
 
 @get("/health/ready", tags=["ops"])
 async def ready(state: State) -> dict[str, object]:
-    """Ready for traffic: the database answers and its schema is the one this code expects.
-
-    and the card projection does not trail the log by more than a few seconds (it is written in
-    each event's own transaction, so it trails only when something damaged it).
+    """Ready for traffic: the database answers and its schema is the one this code expects,
+    the ledger writer takes commands, and the card projection does not trail the log by more
+    than a few seconds (it is written in each event's own transaction, so it trails only when
+    something damaged it).
     """
     try:
         version = await state.pool.fetchval("SELECT max(version) FROM schema_migrations")
@@ -39,6 +39,9 @@ async def ready(state: State) -> dict[str, object]:
         ) from None
     if version != len(MIGRATIONS):
         raise ApiError("not_ready", 503, f"schema version {version}, expected {len(MIGRATIONS)}")
+    writer_problem = await state.service.writer_problem()
+    if writer_problem is not None:
+        raise ApiError("not_ready", 503, writer_problem)
     lag_events, lag_seconds = await state.reader.projection_lag(utc_now())
     if lag_seconds > READY_PROJECTION_LAG_SECONDS_MAX:
         raise ApiError("not_ready", 503, f"the card projection trails by {lag_events} events")

@@ -7,14 +7,18 @@ workers, run with PROMETHEUS_MULTIPROC_DIR set (prometheus_client's multiprocess
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
 from litestar.status_codes import HTTP_200_OK, HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import Message, Receive, Scope, Send
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 METRICS_PATH = "/metrics"
 # Request latency buckets in seconds: POS answers are expected in milliseconds.
@@ -40,6 +44,9 @@ SNAPSHOT_FAILURES = Counter(
     "giftledger_snapshot_failures",
     "Snapshots the store refused after their events had committed (the writes still succeed)",
 )
+# What the ledger writer records. With the writer in a process of its own, the workers export
+# its figures (fetched by api/writer_process.py) in place of their own, which stay at zero.
+WRITER_METRICS = (BATCH_SIZE, BATCH_LINGER, BATCH_COMMIT, CONFLICT_RETRIES, SNAPSHOT_FAILURES)
 WRITE_CONTENTION = Counter(
     "giftledger_write_contention", "Writes refused with 503 because retries or the queue ran out"
 )
@@ -154,3 +161,35 @@ def prometheus_config() -> PrometheusConfig:
 
 class MetricsController(PrometheusController):
     path = METRICS_PATH
+
+
+def writer_families() -> list[Metric]:
+    """The writer's metric families, as this process's registry has them."""
+    names = {family.name for metric in WRITER_METRICS for family in metric.describe()}
+    return [family for family in REGISTRY.collect() if family.name in names]
+
+
+class WriterMetrics(Collector):
+    """In a worker whose writer is another process: the writer's families, as last fetched."""
+
+    def __init__(self, families: Callable[[], list[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
+
+
+def export_writer_metrics(families: Callable[[], list[Metric]]) -> None:
+    """Serve the writer process's figures in place of this process's own (which stay at 0)."""
+    for metric in WRITER_METRICS:
+        with contextlib.suppress(KeyError):  # Already swapped: a second app in this process.
+            REGISTRY.unregister(metric)
+    with contextlib.suppress(ValueError):
+        REGISTRY.register(WriterMetrics(families))
+
+
+class Uncounted:
+    """A counter that counts nothing, for a process whose events another process counts."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass

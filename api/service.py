@@ -280,6 +280,9 @@ class Job:
     # An asynchronous caller's future, settled on its event loop together with the rest of its
     # batch (one wake-up of the loop per batch, not one per command).
     waiter: asyncio.Future[Outcome] | None = None
+    # Where the outcome goes when the job came from another process (api/writer_process.py):
+    # something with `channel.answer([(request_id, future), ...])` and `request_id`.
+    reply: Any = None
     # A uuid5 of the number, asked for several times per job by the writer.
     card_id: uuid.UUID = field(init=False)
 
@@ -303,6 +306,7 @@ class CardService:
         hold_ttl_seconds: int,
         batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
         batch_linger_seconds: float = BATCH_LINGER_SECONDS_DEFAULT,
+        writer_thread: bool = True,
     ) -> None:
         assert batch_size_max >= 1
         self.ledger = ledger
@@ -312,7 +316,8 @@ class CardService:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=WRITE_QUEUE_MAX)
         self._writer = threading.Thread(target=self._write_loop, name="giftledger-writer")
         self._writer.daemon = True
-        self._writer.start()
+        if writer_thread:  # Without it, a subclass sends the commands elsewhere.
+            self._writer.start()
 
     def forget_cached_cards(self) -> None:
         """Drop every cached aggregate, e.g. after the event table was emptied behind our back."""
@@ -368,7 +373,7 @@ class CardService:
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(exc)
-                _deliver(batch)
+                deliver(batch)
             if stop:
                 return
 
@@ -390,7 +395,7 @@ class CardService:
             self._evict(card_ids)
             raise
         finally:
-            _deliver(jobs)
+            deliver(jobs)
 
     def _evict(self, card_ids: set[uuid.UUID]) -> None:
         cache = self.ledger.repository.cache
@@ -613,7 +618,7 @@ class CardService:
     def sell_now(self, number: str, ref: int, terms: CardTerms, amount_minor: int,
                  origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
         return self._create_now(
-            number, lambda: Card.sell(number, ref, terms, amount_minor, origin), idem
+            number, partial(Card.sell, number, ref, terms, amount_minor, origin), idem
         )
 
     def _create_now(
@@ -700,6 +705,10 @@ class CardService:
         check_card_number(number)
         return await self._await(Job(number, command, idem))
 
+    async def writer_problem(self) -> str | None:
+        """Why commands cannot be written now, if they cannot."""
+        return None if self._writer.is_alive() else "the ledger writer thread has stopped"
+
     async def _await(self, job: Job) -> Outcome:
         job.waiter = asyncio.get_running_loop().create_future()
         self.submit_job(job)
@@ -709,13 +718,13 @@ class CardService:
                    origin: Origin, idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
         check_card_number(number)
         job = Job(number, _no_command, idem,
-                  create=lambda: Card.sell(number, ref, terms, amount_minor, origin))  # fmt: skip
+                  create=partial(Card.sell, number, ref, terms, amount_minor, origin))  # fmt: skip
         return await self._await(job)
 
     async def redeem(self, number: str, amount: int | Decimal, origin: Origin,
                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
         """Pay `amount`: minor units, or a Decimal in the card's own currency."""
-        return await self.execute(number, lambda c: c.redeem(_minor(amount, c), origin), idem)
+        return await self.execute(number, partial(_redeem, amount, origin), idem)
 
     def hold_ttl(self, ttl_seconds: int | None) -> int:
         return min(ttl_seconds or self.hold_ttl_seconds, self.hold_ttl_seconds)
@@ -724,49 +733,47 @@ class CardService:
                       origin: Origin, hold_id: str,
                       idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
         """Hold `amount` (minor units, or a Decimal in the card's currency), or all available."""
-        ttl = self.hold_ttl(ttl_seconds)
-
-        def reserve(card: Card) -> None:
-            wanted = None if amount is None else _minor(amount, card)
-            card.reserve(wanted, ttl, origin, hold_id)
-
-        return await self.execute(number, reserve, idem)
+        command = partial(_reserve, amount, self.hold_ttl(ttl_seconds), origin, hold_id)
+        return await self.execute(number, command, idem)
 
     async def cancel_reservation(self, number: str, origin: Origin,
                                  idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.cancel_reservation(origin), idem)
+        return await self.execute(number, card_call("cancel_reservation", origin=origin), idem)
 
     async def capture(self, number: str, hold_id: str, amount_minor: int | None, origin: Origin,
                       idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.capture(hold_id, amount_minor, origin), idem)
+        command = card_call("capture", hold_id=hold_id, amount_minor=amount_minor, origin=origin)
+        return await self.execute(number, command, idem)
 
     async def void(self, number: str, hold_id: str, origin: Origin,
                    idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.void(hold_id, origin), idem)
+        return await self.execute(number, card_call("void", hold_id=hold_id, origin=origin), idem)
 
     async def load(self, number: str, amount_minor: int, origin: Origin,
                    idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.load(amount_minor, origin), idem)
+        command = card_call("load", amount_minor=amount_minor, origin=origin)
+        return await self.execute(number, command, idem)
 
     async def refund(self, number: str, amount_minor: int, origin: Origin,
                      idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.refund(amount_minor, origin), idem)
+        command = card_call("refund", amount_minor=amount_minor, origin=origin)
+        return await self.execute(number, command, idem)
 
     async def block(self, number: str, reason: str, origin: Origin,
                     idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.block(reason, origin), idem)
+        return await self.execute(number, card_call("block", reason=reason, origin=origin), idem)
 
     async def unblock(self, number: str, origin: Origin,
                       idem: IdempotentWrite | None = None) -> Outcome:  # fmt: skip
-        return await self.execute(number, lambda c: c.unblock(origin), idem)
+        return await self.execute(number, card_call("unblock", origin=origin), idem)
 
     async def release_expired_holds(self, number: str, now: datetime) -> Outcome:
         origin = Origin(occurred_at=now, actor="system:hold-expiry")
-        return await self.execute(number, lambda c: c.release_expired_holds(origin))
+        return await self.execute(number, card_call("release_expired_holds", origin=origin))
 
     async def expire(self, number: str, now: datetime) -> Outcome:
         origin = Origin(occurred_at=now, actor="system:card-expiry")
-        return await self.execute(number, lambda c: c.expire(origin))
+        return await self.execute(number, card_call("expire", origin=origin))
 
     async def card_as_of(self, number: str, as_of: datetime) -> CardView:
         return await self._run(partial(self.card_as_of_now, number, as_of))
@@ -798,12 +805,22 @@ class CardService:
         return await self._run(partial(verify_ledger, self.ledger, self.ledger.events_table()))
 
 
-def _deliver(jobs: list[Job]) -> None:
-    """Hand each settled job's outcome to its waiting coroutine: one call per event loop."""
+def deliver(jobs: list[Job]) -> None:
+    """Hand each settled job's outcome to its waiting coroutine, one call per event loop, or
+    to the process that sent it, one message per process. Each is answered once, even if a
+    failed batch is delivered again."""
     ready: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+    replies: dict[Any, list[tuple[int, Future[Outcome]]]] = {}
     for job in jobs:
-        if job.waiter is not None and job.future.done():
+        if not job.future.done():
+            continue
+        if job.waiter is not None:
             ready.setdefault(job.waiter.get_loop(), []).append(job)
+        if job.reply is not None:
+            reply, job.reply = job.reply, None
+            replies.setdefault(reply.channel, []).append((reply.request_id, job.future))
+    for channel, settled in replies.items():
+        channel.answer(settled)
     for loop, settled in ready.items():
         with contextlib.suppress(RuntimeError):  # That loop has closed: nobody is waiting.
             loop.call_soon_threadsafe(_settle_waiters, settled)
@@ -836,6 +853,33 @@ def _keys_of(
 
 def _no_command(_: Card) -> None:
     """A sale's job creates its card; it has nothing to apply to an existing one."""
+
+
+@dataclass(frozen=True)
+class CardCall:
+    """A card command as data, a method's name and its arguments: it pickles, so the writer may
+    be another process. Commands that need the card first (an amount in its currency) are
+    module-level functions under `partial`, which pickle too."""
+
+    method: str
+    kwargs: dict[str, Any]
+
+    def __call__(self, card: Card) -> None:
+        getattr(card, self.method)(**self.kwargs)
+
+
+def card_call(method: str, **kwargs: Any) -> CardCall:
+    return CardCall(method, kwargs)
+
+
+def _redeem(amount: int | Decimal, origin: Origin, card: Card) -> None:
+    card.redeem(_minor(amount, card), origin)
+
+
+def _reserve(
+    amount: int | Decimal | None, ttl: int, origin: Origin, hold_id: str, card: Card
+) -> None:
+    card.reserve(None if amount is None else _minor(amount, card), ttl, origin, hold_id)
 
 
 def _minor(amount: int | Decimal, card: Card) -> int:

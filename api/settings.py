@@ -17,6 +17,10 @@ DEFAULT_BATCH_LINGER_MS = 2.0
 # beyond them is a cold read: its latest snapshot and up to 50 events, about 0.8 ms of the
 # writer's CPU and a read of PostgreSQL's, against a few µs for a cached card.
 DEFAULT_CARD_CACHE_SIZE = 100_000
+# Where a served instance's ledger writer runs (api/writer_process.py): a process of its own
+# shared by the workers, or a thread in each worker.
+WRITER_MODES = ("process", "thread")
+DEFAULT_WRITER_MODE = "process"
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -63,6 +67,9 @@ class Settings:
     batch_size_max: int = DEFAULT_BATCH_SIZE_MAX
     batch_linger_ms: float = DEFAULT_BATCH_LINGER_MS
     card_cache_size: int = DEFAULT_CARD_CACHE_SIZE
+    writer_mode: str = DEFAULT_WRITER_MODE
+    # The writer process's socket, which `giftledger serve` hands its workers.
+    writer_socket: str | None = None
     client_rate_limit: RateLimit = DEFAULT_CLIENT_RATE_LIMIT
     not_found_rate_limit: RateLimit = DEFAULT_NOT_FOUND_RATE_LIMIT
     token_rate_limit: RateLimit = DEFAULT_TOKEN_RATE_LIMIT
@@ -87,6 +94,8 @@ class Settings:
             raise ValueError(f"GIFTLEDGER_LOG_LEVEL must be one of {LOG_LEVELS}")
         if self.card_cache_size < 1:
             raise ValueError("GIFTLEDGER_CARD_CACHE_SIZE must be at least 1")
+        if self.writer_mode not in WRITER_MODES:
+            raise ValueError(f"GIFTLEDGER_WRITER must be one of {WRITER_MODES}")
 
     @property
     def embedded(self) -> bool:
@@ -118,6 +127,8 @@ class Settings:
             batch_size_max=int(env.get("GIFTLEDGER_BATCH_SIZE", DEFAULT_BATCH_SIZE_MAX)),
             batch_linger_ms=float(env.get("GIFTLEDGER_BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS)),
             card_cache_size=int(env.get("GIFTLEDGER_CARD_CACHE_SIZE", DEFAULT_CARD_CACHE_SIZE)),
+            writer_mode=env.get("GIFTLEDGER_WRITER", DEFAULT_WRITER_MODE).lower(),
+            writer_socket=env.get("GIFTLEDGER_WRITER_SOCKET") or None,
             client_rate_limit=_rate_limit(env, "", DEFAULT_CLIENT_RATE_LIMIT),
             not_found_rate_limit=_rate_limit(env, "_NOT_FOUND", DEFAULT_NOT_FOUND_RATE_LIMIT),
             token_rate_limit=_rate_limit(env, "_TOKEN", DEFAULT_TOKEN_RATE_LIMIT),

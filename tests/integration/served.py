@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from api.service import WRITER_OS_THREAD_NAME
+
 GIFTLEDGER = Path(sys.executable).with_name("giftledger")
 STARTUP_SECONDS_MAX = 60
 STOP_SECONDS_MAX = 30
@@ -94,3 +96,18 @@ async def cli_ok(env: Mapping[str, str], *args: str) -> str:
     done = await cli(env, *args)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done.stdout
+
+
+def is_ledger_writer(pid: int) -> bool:
+    """The writer process runs the thread that names itself ledger-writer; workers do not."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            if (task / "comm").read_text().strip() == WRITER_OS_THREAD_NAME:
+                return True
+        except OSError:
+            continue
+    return False
