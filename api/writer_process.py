@@ -50,7 +50,15 @@ from typing import Any
 
 from api import metrics
 from api.errors import OutcomeUnknown, WriteContention, WriterUnavailable
-from api.service import CardLedger, CardService, Job, Outcome, deliver, open_ledger
+from api.service import (
+    CardLedger,
+    CardService,
+    Job,
+    Outcome,
+    deliver,
+    name_os_thread,
+    open_ledger,
+)
 from api.settings import Settings
 
 logger = logging.getLogger("giftledger.writer")
@@ -59,6 +67,9 @@ FRAME_HEADER = struct.Struct(">I")
 # A frame holds at most a batch's worth of commands or answers, a few hundred bytes each.
 FRAME_BYTES_MAX = 64 * 1024 * 1024
 SOCKET_NAME = "writer.sock"
+# The OS name of the writer's threads that read a worker's commands (the batches are committed
+# by service.WRITER_OS_THREAD_NAME): `make bench` counts both as the writer's CPU.
+CONNECTION_OS_THREAD_NAME = "ledger-conn"
 LISTEN_BACKLOG = 128
 # How long `giftledger serve` waits for a new writer to accept connections.
 WRITER_START_TIMEOUT_SECONDS = 60
@@ -163,6 +174,7 @@ class WriterServer:
         self.listener.close()
 
     def _serve_conn(self, conn: socket.socket) -> None:
+        name_os_thread(CONNECTION_OS_THREAD_NAME)
         channel = Channel(conn)
         stream = conn.makefile("rb")
         try:

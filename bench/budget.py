@@ -3,8 +3,9 @@ CPU per request (bench/cpu.py):
 
 - The machine: wrk, the service and PostgreSQL share its CPUs, so answering R payments a second
   needs R x (service + PostgreSQL + wrk CPU per payment) <= CPUs x 1 s.
-- One worker: its event loop and its writer share one GIL. Even with the writer's work moved
-  elsewhere, its event loop alone must fit R / workers payments in one CPU second.
+- One worker: its event loop alone must fit R / workers payments in one CPU second (the writer
+  works in a process of its own; as a thread of the worker it would share the loop's GIL, and
+  the bound would be tighter still).
 
 When the CPU a payment costs is over either budget, no scheduling, batching or tuning of the
 same code can reach the rate: the cost itself must shrink, by the printed factor, or the machine

@@ -1,9 +1,12 @@
-"""CPU time per request, read from /proc: the service's writer threads, the rest of the service
+"""CPU time per request, read from /proc: the service's ledger writer, the rest of the service
 (its event loops, mostly), and PostgreSQL.
 
-One worker runs its event loop and its writer under one GIL, so one worker cannot answer more
-than 1,000,000 / (event loop + writer) requests a second, whatever the machine has left over.
-These figures say where a scenario's time goes, and so what would have to shrink to go faster.
+The writer's threads are the ones that commit batches and, with the writer in a process of its
+own (`giftledger serve`'s default), the ones that read the workers' commands. A worker's event
+loop cannot answer more than 1,000,000 / (its CPU per request) requests a second, nor the
+writer commit more than 1,000,000 / (its CPU per command); with the writer as a thread of each
+worker (GIFTLEDGER_WRITER=thread) the two share one GIL and so one such bound. These figures
+say where a scenario's time goes, and so what would have to shrink to go faster.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api.service import WRITER_OS_THREAD_NAME
+from api.writer_process import CONNECTION_OS_THREAD_NAME
 
 PROC = Path("/proc")
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 POSTGRES_PROCESS_NAME = "postgres"
+WRITER_THREAD_NAMES = frozenset({WRITER_OS_THREAD_NAME, CONNECTION_OS_THREAD_NAME})
 MICROSECONDS = 1_000_000
 # In /proc/<pid>/stat, counted after the ")" that closes the command name.
 _PPID_FIELD, _UTIME_FIELD, _STIME_FIELD = 1, 11, 12
@@ -117,7 +122,7 @@ def cpu_now(service_pid: int) -> CpuSeconds:
             fields = _stat_fields(task / "stat")
             if fields is None:
                 continue
-            if _name(task) == WRITER_OS_THREAD_NAME:
+            if _name(task) in WRITER_THREAD_NAMES:
                 writer += _seconds(fields)
             else:
                 service += _seconds(fields)

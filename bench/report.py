@@ -65,6 +65,8 @@ class RunInfo:
     load_before: str
     writer: str  # bench/writer.py's line
     unloaded: tuple[str, ...] = ()  # unloaded_line() of pay at one connection, per worker count
+    # thread_writer_line() of pay with a writer thread in each worker, per worker count
+    thread_writer: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,15 @@ def unloaded_line(m: Measurement) -> str:
         f"{m.scenario} at {UNLOADED_CONNECTIONS} connection, {m.workers} worker(s), nothing queued"
         f" ahead: p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, {m.rps:.0f} req/s,"
         f" {m.errors} errors."
+    )
+
+
+def thread_writer_line(m: Measurement, check: LedgerCheck) -> str:
+    cpu = "" if m.cpu is None else f", service CPU {m.cpu.service:.0f} us/req"
+    return (
+        f"{m.scenario} with a writer thread in each worker (GIFTLEDGER_WRITER=thread),"
+        f" {m.workers} worker(s): {m.rps:.0f} req/s, p50 {m.p50_ms:.1f} ms, p99 {m.p99_ms:.1f} ms,"
+        f" {m.errors} errors{cpu}; {check.line()}"
     )
 
 
@@ -209,10 +220,10 @@ def results_document(
         " with 10,000 cards. wrk, the service and PostgreSQL share the machine's CPUs.",
         f"HTTP floor: `GET {info.floor_path}` on the same app. Every request counts as one"
         " operation (reserve and cancelreserve count one each). Latencies are wrk's.",
-        "CPU per request is read from /proc over each run: all the service's threads (its"
-        " writer threads also on their own), and all PostgreSQL processes; wrk's from its"
-        " rusage. A worker's threads share one GIL, so 1,000,000 / (service CPU per request)"
-        " bounds a worker's req/s.",
+        "CPU per request is read from /proc over each run: all the service's processes and"
+        " threads (the ledger writer process's threads also on their own), and all PostgreSQL"
+        " processes; wrk's from its rusage. A worker's event loop runs on one core, so"
+        " 1,000,000 / (service CPU per request less the writer's) bounds a worker's req/s.",
         "",
         *table(measurements),
         "",
@@ -230,5 +241,6 @@ def results_document(
         f" {rebuilt.peak_rss_mib:.0f} MiB ({rebuilt.output}).",
         f"- {exported.line()}",
         *[f"- {line}" for line in info.unloaded],
+        *[f"- {line}" for line in info.thread_writer],
         f"- {info.writer}",
     ]

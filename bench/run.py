@@ -88,9 +88,23 @@ def run_workers(
     return measurements, check, path, unloaded
 
 
+def thread_writer_run(url: str, seeded: Seeded, workers: int) -> tuple[str, report.LedgerCheck]:
+    """Pay once more with the writer as a thread of each worker, for comparison."""
+    with serving(url, workers, writer="thread") as running:
+        run_wrk(PAY, running.base_url, seeded.pos, workers, seconds=WARMUP_SECONDS)
+        before = cpu_now(running.pid)
+        measured, check = measure_pay(url, running, seeded)
+        used = cpu_now(running.pid) - before
+        cpu = per_request(used, measured.requests, measured.wrk_cpu_seconds)
+        line = report.thread_writer_line(dataclasses.replace(measured, cpu=cpu), check)
+    say(f"  {line}")
+    return line, check
+
+
 def http_runs(
     url: str,
-) -> tuple[list[Measurement], list[report.LedgerCheck], str, WriterResult, tuple[str, ...]]:
+) -> tuple[list[Measurement], list[report.LedgerCheck], str, WriterResult, tuple[str, ...],
+           tuple[str, ...], list[report.LedgerCheck]]:  # fmt: skip
     seeded = seed(url)
     say(f"seeded {seeded.cards:,} cards in {seeded.seconds:.1f} s")
     measurements: list[Measurement] = []
@@ -103,10 +117,15 @@ def http_runs(
         checks.append(check)
         paths.append(path)
         unloaded.append(lone)
+    say("\nfor comparison, pay with the writer as a thread of each worker:")
+    threaded = [thread_writer_run(url, seeded, workers) for workers in WORKER_COUNTS]
     # After the pay runs and their ledger checks: these payments are the bench's own.
     writer = measure_writer(url)
     say(f"\n{writer.line()}")
-    return measurements, checks, " and ".join(sorted(set(paths))), writer, tuple(unloaded)
+    floors = " and ".join(sorted(set(paths)))
+    thread_lines = tuple(line for line, _ in threaded)
+    thread_checks = [check for _, check in threaded]
+    return measurements, checks, floors, writer, tuple(unloaded), thread_lines, thread_checks
 
 
 def rebuild_run(server: Server) -> tuple[RebuildResult, ExportResult]:
@@ -144,16 +163,16 @@ def main() -> int:
         say(f"giftledger bench on {report.machine()}\n{postgres}")
         say(f"1-minute load average before the run: {load_before} (should be near 0)")
         with fresh_database(server.url) as url:
-            measurements, checks, path, writer, unloaded = http_runs(url)
+            measurements, checks, path, writer, unloaded, threaded, thread_checks = http_runs(url)
         rebuilt, exported = rebuild_run(server)
     finally:
         stop_server(server)
-    info = report.RunInfo(postgres, path, load_before, writer.line(), unloaded)
+    info = report.RunInfo(postgres, path, load_before, writer.line(), unloaded, threaded)
     summarize(measurements, checks, rebuilt, exported, info)
     say(f"bench took {time.monotonic() - started:.0f} s")
     # Performance targets are reported; only a ledger check failing (lost or duplicated
     # events) makes the run fail.
-    return 0 if all(c.passed for c in checks) else 1
+    return 0 if all(c.passed for c in checks + thread_checks) else 1
 
 
 if __name__ == "__main__":

@@ -83,11 +83,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def serving(url: str, workers: int) -> Iterator[Running]:
-    """`giftledger serve --workers N` on a free port, without access logs; errors are kept."""
+def serving(url: str, workers: int, writer: str | None = None) -> Iterator[Running]:
+    """`giftledger serve --workers N` on a free port, without access logs; errors are kept.
+    `writer` sets GIFTLEDGER_WRITER (unset: the service's default)."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix=f"giftledger-bench-{workers}w-", suffix=".log")[1])
     env = {**os.environ, "GIFTLEDGER_DATABASE_URL": url, "GIFTLEDGER_JWT_SECRET": JWT_SECRET}
+    if writer is not None:
+        env["GIFTLEDGER_WRITER"] = writer
     command = [venv_command("giftledger"), "serve", "--host", HOST, "--port", str(port),
                "--workers", str(workers), "--no-access-log"]  # fmt: skip
     with log.open("wb") as err:
