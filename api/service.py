@@ -78,7 +78,7 @@ CONFLICT_BACKOFF_MAX_SECONDS = 0.05
 # Group commit: a batch closes at this many commands, or this long after its first command (when
 # the batch before it held more than one; see CardService.linger_after).
 BATCH_SIZE_MAX_DEFAULT = 64
-BATCH_LINGER_SECONDS_DEFAULT = 0.002
+BATCH_LINGER_SECONDS_DEFAULT = 0.001
 # Commands waiting for the writer; beyond this the service answers 503 rather than queue forever.
 WRITE_QUEUE_MAX = 10_000
 # A card is snapshotted by the save that carries it past a multiple of this many events, so a
