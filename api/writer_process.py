@@ -34,6 +34,7 @@ import contextlib
 import io
 import itertools
 import logging
+import logging.config
 import multiprocessing
 import os
 import pickle
@@ -50,6 +51,8 @@ from typing import Any
 
 from api import metrics
 from api.errors import OutcomeUnknown, WriteContention, WriterUnavailable
+from api.logs import logging_dict
+from api.redaction import install_log_redaction
 from api.service import (
     CardLedger,
     CardService,
@@ -215,6 +218,9 @@ def run_writer(path: str, settings: Settings, url: str, stop: Connection) -> Non
     closed (by WriterSupervisor.stop, or by the system when that process is gone)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)  # See the module's docstring.
+    # The workers' log format and redaction: a spawned process starts with neither.
+    logging.config.dictConfig(logging_dict(settings))
+    install_log_redaction()
     # Refusals for lack of room or of retries reach the worker as errors, which counts them:
     # counted here as well, they would count twice where workers share PROMETHEUS_MULTIPROC_DIR.
     metrics.WRITE_CONTENTION = metrics.Uncounted()  # type: ignore[assignment]

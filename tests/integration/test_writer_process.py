@@ -6,6 +6,7 @@ served tests below run it as `giftledger serve` does, in a process of its own.""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pickle
 import shutil
@@ -41,7 +42,7 @@ from ledger.card import Card, CardTerms, Origin, card_id_for
 from ledger.errors import InsufficientFunds
 from projections.database import eventsourcing_env
 from tests.conftest import TEST_JWT_SECRET
-from tests.integration.served import is_ledger_writer, served
+from tests.integration.served import is_ledger_writer, served, server_logs
 
 NUMBER = "7000000000000001"
 TERMS = CardTerms("open", "EUR", False, True, True, date(2099, 1, 1), None, 2)
@@ -362,6 +363,10 @@ async def test_served_a_killed_writer_is_restarted_and_no_payment_is_lost_or_inv
             await asyncio.sleep(0.2)
         after = await asyncio.gather(*(pay() for _ in range(20)))
     assert restarted != writer
+    restart_lines = [json.loads(line) for line in server_logs(tmp_path).splitlines()
+                     if "restarting it" in line]  # fmt: skip
+    assert restart_lines, "the restart is logged, in the service's JSON lines"
+    assert restart_lines[0]["logger"] == "giftledger.writer"
     assert before == [200] * 20
     assert after == [200] * 20
     assert set(during) <= {200, 503}, "while the writer is down, answers are 503, never 500"
