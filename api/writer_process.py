@@ -251,19 +251,82 @@ def run_writer(path: str, settings: Settings, url: str, stop: Connection) -> Non
 # The workers' side.
 
 
+class _Connection:
+    """One connection to the writer: the commands waiting for an answer on it, and those to
+    send at the end of this turn of the event loop. Each connection answers only its own: a
+    connection that closes fails its commands, never those of the next connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.outbox: list[tuple[int, bytes]] = []
+        self.flush_scheduled = False
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self.writer.transport.is_closing()
+
+    def send(self, request_id: int, request: bytes) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self.pending[request_id] = waiter
+        self.outbox.append((request_id, request))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            loop.call_soon(self.flush)
+        return waiter
+
+    def flush(self) -> None:
+        """Every command of one turn of the event loop, in one frame."""
+        self.flush_scheduled = False
+        outbox, self.outbox = self.outbox, []
+        if self.closing:
+            self._fail([request_id for request_id, _ in outbox],
+                       WriterUnavailable("the ledger writer closed the connection"))  # fmt: skip
+            return
+        self.writer.transport.write(frame(b"".join(request for _, request in outbox)))
+
+    async def read_answers(self) -> None:
+        try:
+            while True:
+                header = await self.reader.readexactly(FRAME_HEADER.size)
+                (size,) = FRAME_HEADER.unpack(header)
+                for request_id, failed, outcome in pickles(await self.reader.readexactly(size)):
+                    waiter = self.pending.pop(request_id, None)
+                    if waiter is None or waiter.done():
+                        continue  # Its request went away.
+                    if failed:
+                        waiter.set_exception(outcome)
+                    else:
+                        waiter.set_result(outcome)
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            self.writer.close()
+            unsent = {request_id for request_id, _ in self.outbox}
+            self._fail(list(unsent), WriterUnavailable("the ledger writer closed the connection"))
+            self._fail(list(self.pending),
+                       OutcomeUnknown("the ledger writer stopped before it answered"))  # fmt: skip
+
+    def _fail(self, request_ids: list[int], exc: Exception) -> None:
+        for request_id in request_ids:
+            waiter = self.pending.pop(request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+
+
 class WriterClient:
-    """A worker's connection to the writer, on the worker's event loop."""
+    """A worker's connection to the writer, on the worker's event loop; a new one is made when
+    the last has closed (the writer restarted)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Outcome]] = {}
-        self._outbox: list[bytes] = []
-        self._transport: asyncio.WriteTransport | None = None
+        self._connection: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
-        self._flush_scheduled = False
         self.writer_families: list[Any] = []
-        self._reader: asyncio.Task[None] | None = None
 
     async def submit(self, job: Job) -> Outcome:
         request_id = next(self._ids)
@@ -271,10 +334,11 @@ class WriterClient:
         body = (job.number, job.command, job.idem, job.create)
         request = pickle.dumps((request_id, COMMAND, body), PICKLE_PROTOCOL)
         try:
-            return await self._ask(request_id, request)
+            outcome: Outcome = await self._ask(request_id, request)
         except WriteContention:
             metrics.WRITE_CONTENTION.inc()
             raise
+        return outcome
 
     async def fetch_metrics(self) -> None:
         """Keep the writer's latest metric families, for this worker's /metrics."""
@@ -290,76 +354,37 @@ class WriterClient:
             await asyncio.sleep(METRICS_REFRESH_SECONDS)
 
     async def _ask(self, request_id: int, request: bytes) -> Any:
-        transport = await self._connected()
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Outcome] = loop.create_future()
-        self._pending[request_id] = waiter
-        self._outbox.append(request)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush, transport)
+        connection = await self._connected()
+        waiter = connection.send(request_id, request)
         try:
             return await waiter
         finally:
-            self._pending.pop(request_id, None)
+            connection.pending.pop(request_id, None)
 
-    def _flush(self, transport: asyncio.WriteTransport) -> None:
-        """Every command of one turn of the event loop, in one frame."""
-        self._flush_scheduled = False
-        outbox, self._outbox = self._outbox, []
-        if transport.is_closing():
-            return  # _read_answers answers their waiters.
-        transport.write(frame(b"".join(outbox)))
-
-    async def _connected(self) -> asyncio.WriteTransport:
-        if self._transport is not None and not self._transport.is_closing():
-            return self._transport
+    async def _connected(self) -> _Connection:
+        connection = self._connection
+        if connection is not None and not connection.closing:
+            return connection
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._transport is None or self._transport.is_closing():
+            connection = self._connection
+            if connection is None or connection.closing:
                 try:
                     reader, writer = await asyncio.open_unix_connection(self.path)
                 except OSError as exc:
                     raise WriterUnavailable(f"the ledger writer is unreachable: {exc}") from None
-                self._transport = writer.transport  # type: ignore[assignment]
-                # Held here: the event loop keeps only a weak reference to a task, and a reader
-                # collected as garbage would close the connection under the waiting commands.
-                self._reader = asyncio.get_running_loop().create_task(
-                    self._read_answers(reader, writer)
-                )
-        assert self._transport is not None
-        return self._transport
-
-    async def _read_answers(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            while True:
-                (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
-                for request_id, failed, outcome in pickles(await reader.readexactly(size)):
-                    waiter = self._pending.pop(request_id, None)
-                    if waiter is None or waiter.done():
-                        continue  # Its request went away.
-                    if failed:
-                        waiter.set_exception(outcome)
-                    else:
-                        waiter.set_result(outcome)
-        except (asyncio.IncompleteReadError, OSError):
-            pass
-        finally:
-            writer.close()
-            self._transport = None
-            lost, self._pending = self._pending, {}
-            for waiter in lost.values():
-                if not waiter.done():
-                    waiter.set_exception(
-                        OutcomeUnknown("the ledger writer stopped before it answered")
-                    )
+                connection = _Connection(reader, writer)
+                # Held by the connection: the event loop keeps only a weak reference to a
+                # task, and a reader collected as garbage would close the connection under the
+                # waiting commands.
+                connection.task = asyncio.get_running_loop().create_task(connection.read_answers())
+                self._connection = connection
+        return connection
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self._connection is not None:
+            self._connection.writer.close()
 
 
 class RemoteCardService(CardService):

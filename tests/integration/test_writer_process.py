@@ -258,6 +258,35 @@ async def test_a_writer_gone_before_answering_leaves_the_outcome_unknown(socket_
         listener.close()
 
 
+async def test_after_a_writer_is_gone_the_next_command_goes_to_its_successor(
+    world, database_url, socket_path
+):
+    """The first connection's closing fails only what was sent on it; a command after it
+    opens a new connection, to the writer that took the socket's place."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(1)
+
+    def take_and_vanish() -> None:
+        conn, _ = listener.accept()
+        conn.recv(FRAME_HEADER.size)
+        conn.close()
+
+    thread = threading.Thread(target=take_and_vanish, daemon=True)
+    thread.start()
+    async with worker(database_url, socket_path) as service:
+        with pytest.raises(OutcomeUnknown):
+            await service.sell(NUMBER, 1, TERMS, 1000, origin())
+        thread.join(timeout=5)
+        listener.close()
+        os.unlink(socket_path)
+        with writer_server(database_url, socket_path):
+            sold = await service.sell(NUMBER, 1, TERMS, 1000, origin())
+            paid = await service.redeem(NUMBER, 1, origin())
+    assert sold.balance_minor == 1000
+    assert paid.balance_minor == 999
+
+
 async def test_a_stopping_writer_commits_what_it_took_and_refuses_the_rest(
     world, database_url, socket_path
 ):
