@@ -397,6 +397,10 @@ class RemoteCardService(CardService):
     async def _await(self, job: Job) -> Outcome:
         return await self.client.submit(job)
 
+    def submit_job(self, job: Job) -> Future[Outcome]:
+        # This process has no writer thread: a job queued here would wait forever.
+        raise TypeError("commands go to the writer process, through the asynchronous methods")
+
     async def writer_problem(self) -> str | None:
         try:
             await self.client.fetch_metrics()  # One round trip to the writer.
