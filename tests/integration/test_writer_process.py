@@ -234,11 +234,12 @@ async def test_without_a_writer_a_command_is_refused_as_unavailable(
         assert await service.writer_problem() is not None
 
 
-async def test_a_writer_gone_before_answering_leaves_the_outcome_unknown(socket_path):
-    """It took the command and closed: the command may have committed, so no retry is advised
-    (a Retry-After without the request's Idempotency-Key could pay twice)."""
+@contextmanager
+def vanishing_writer(path: str) -> Iterator[None]:
+    """A writer that takes one connection, reads the start of a frame, and closes it; its
+    socket is gone on exit, for another writer to take its place."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
+    listener.bind(path)
     listener.listen(1)
 
     def take_and_vanish() -> None:
@@ -248,14 +249,23 @@ async def test_a_writer_gone_before_answering_leaves_the_outcome_unknown(socket_
 
     thread = threading.Thread(target=take_and_vanish, daemon=True)
     thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+        os.unlink(path)
+
+
+async def test_a_writer_gone_before_answering_leaves_the_outcome_unknown(socket_path):
+    """It took the command and closed: the command may have committed, so no retry is advised
+    (a Retry-After without the request's Idempotency-Key could pay twice)."""
     client = WriterClient(socket_path)
     try:
-        with pytest.raises(OutcomeUnknown):
+        with vanishing_writer(socket_path), pytest.raises(OutcomeUnknown):
             await client.submit(Job(NUMBER, card_call("unblock", origin=origin()), None))
     finally:
         client.close()
-        thread.join(timeout=5)
-        listener.close()
 
 
 async def test_after_a_writer_is_gone_the_next_command_goes_to_its_successor(
@@ -263,23 +273,9 @@ async def test_after_a_writer_is_gone_the_next_command_goes_to_its_successor(
 ):
     """The first connection's closing fails only what was sent on it; a command after it
     opens a new connection, to the writer that took the socket's place."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
-    listener.listen(1)
-
-    def take_and_vanish() -> None:
-        conn, _ = listener.accept()
-        conn.recv(FRAME_HEADER.size)
-        conn.close()
-
-    thread = threading.Thread(target=take_and_vanish, daemon=True)
-    thread.start()
     async with worker(database_url, socket_path) as service:
-        with pytest.raises(OutcomeUnknown):
+        with vanishing_writer(socket_path), pytest.raises(OutcomeUnknown):
             await service.sell(NUMBER, 1, TERMS, 1000, origin())
-        thread.join(timeout=5)
-        listener.close()
-        os.unlink(socket_path)
         with writer_server(database_url, socket_path):
             sold = await service.sell(NUMBER, 1, TERMS, 1000, origin())
             paid = await service.redeem(NUMBER, 1, origin())
