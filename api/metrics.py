@@ -7,7 +7,6 @@ workers, run with PROMETHEUS_MULTIPROC_DIR set (prometheus_client's multiprocess
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -164,28 +163,33 @@ class MetricsController(PrometheusController):
 
 
 def writer_families() -> list[Metric]:
-    """The writer's metric families, as this process's registry has them."""
-    names = {family.name for metric in WRITER_METRICS for family in metric.describe()}
-    return [family for family in REGISTRY.collect() if family.name in names]
+    """The writer's metric families, as this process has them."""
+    return [family for metric in WRITER_METRICS for family in metric.collect()]
 
 
 class WriterMetrics(Collector):
     """In a worker whose writer is another process: the writer's families, as last fetched."""
 
-    def __init__(self, families: Callable[[], list[Metric]]) -> None:
-        self._families = families
+    def __init__(self) -> None:
+        self.source: Callable[[], list[Metric]] = list
+        self.registered = False
 
     def collect(self) -> Iterable[Metric]:
-        return self._families()
+        return self.source()
+
+
+WRITER_EXPORT = WriterMetrics()
 
 
 def export_writer_metrics(families: Callable[[], list[Metric]]) -> None:
     """Serve the writer process's figures in place of this process's own (which stay at 0)."""
+    WRITER_EXPORT.source = families
+    if WRITER_EXPORT.registered:  # A second app in this process: its client is the source now.
+        return
     for metric in WRITER_METRICS:
-        with contextlib.suppress(KeyError):  # Already swapped: a second app in this process.
-            REGISTRY.unregister(metric)
-    with contextlib.suppress(ValueError):
-        REGISTRY.register(WriterMetrics(families))
+        REGISTRY.unregister(metric)
+    REGISTRY.register(WRITER_EXPORT)
+    WRITER_EXPORT.registered = True
 
 
 class Uncounted:
