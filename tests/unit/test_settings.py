@@ -1,4 +1,4 @@
-"""Settings read from the environment: the card cache's size."""
+"""Settings read from the environment: the card cache's size, where the writer runs."""
 
 from __future__ import annotations
 
@@ -16,3 +16,13 @@ def test_the_card_cache_size_comes_from_the_environment_or_its_default():
 def test_a_card_cache_smaller_than_one_card_is_refused(size):
     with pytest.raises(ValueError, match="GIFTLEDGER_CARD_CACHE_SIZE"):
         Settings.from_env({"GIFTLEDGER_CARD_CACHE_SIZE": size})
+
+
+def test_the_writer_is_a_process_unless_told_to_be_a_thread():
+    assert Settings.from_env({}).writer_mode == "process"
+    assert Settings.from_env({"GIFTLEDGER_WRITER": "Thread"}).writer_mode == "thread"
+
+
+def test_an_unknown_writer_mode_is_refused():
+    with pytest.raises(ValueError, match="GIFTLEDGER_WRITER"):
+        Settings.from_env({"GIFTLEDGER_WRITER": "fiber"})
