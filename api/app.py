@@ -36,7 +36,7 @@ from api.replica import ReadRouting, read_your_writes_middleware
 from api.reports import reports_router
 from api.request_context import RequestContextMiddleware
 from api.resico import resico_router
-from api.service import CardLedger, CardService, open_ledger
+from api.service import CardLedger, CardService, open_ledger, service_for
 from api.settings import Settings
 from api.sweeper import run_sweeper
 from api.tracing import name_server_span, tracing_plugin
@@ -134,12 +134,7 @@ def new_service(ledger: CardLedger, settings: Settings) -> CardService:
     if settings.writer_socket:
         client = WriterClient(settings.writer_socket)
         return RemoteCardService(ledger, settings.hold_ttl_seconds, client)
-    return CardService(
-        ledger,
-        settings.hold_ttl_seconds,
-        batch_size_max=settings.batch_size_max,
-        batch_linger_seconds=settings.batch_linger_ms / 1000,
-    )
+    return service_for(ledger, settings)
 
 
 def create_app(settings: Settings, served: bool = False) -> Litestar:

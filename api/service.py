@@ -43,7 +43,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEven
 from api import metrics
 from api.errors import IdempotencyKeyReused, WriteContention
 from api.idempotency import IdempotentWrite, StoredResponse
-from api.settings import DEFAULT_CARD_CACHE_SIZE
+from api.settings import DEFAULT_CARD_CACHE_SIZE, Settings
 from ledger.card import (
     Card,
     CardTerms,
@@ -219,6 +219,16 @@ def open_ledger(url: str, cache_size: int = DEFAULT_CARD_CACHE_SIZE) -> CardLedg
             return CardLedger(env=ledger_env(eventsourcing_env(url), cache_size))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+
+def service_for(ledger: CardLedger, settings: Settings) -> CardService:
+    """A CardService with its own writer thread, batching as the settings say."""
+    return CardService(
+        ledger,
+        settings.hold_ttl_seconds,
+        batch_size_max=settings.batch_size_max,
+        batch_linger_seconds=settings.batch_linger_ms / 1000,
+    )
 
 
 def ledger_env(

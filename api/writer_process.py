@@ -61,6 +61,7 @@ from api.service import (
     deliver,
     name_os_thread,
     open_ledger,
+    service_for,
 )
 from api.settings import Settings
 
@@ -135,7 +136,7 @@ class Channel:
 
 @dataclass
 class Reply:
-    """Where a job's outcome goes: service._deliver calls channel.answer once per batch."""
+    """Where a job's outcome goes: service.deliver calls channel.answer once per batch."""
 
     channel: Channel
     request_id: int
@@ -225,12 +226,7 @@ def run_writer(path: str, settings: Settings, url: str, stop: Connection) -> Non
     # counted here as well, they would count twice where workers share PROMETHEUS_MULTIPROC_DIR.
     metrics.WRITE_CONTENTION = metrics.Uncounted()  # type: ignore[assignment]
     ledger: CardLedger = open_ledger(url, settings.card_cache_size)
-    service = CardService(
-        ledger,
-        settings.hold_ttl_seconds,
-        batch_size_max=settings.batch_size_max,
-        batch_linger_seconds=settings.batch_linger_ms / 1000,
-    )
+    service = service_for(ledger, settings)
     server = WriterServer(service, path)
 
     def watch() -> None:
