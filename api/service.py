@@ -90,7 +90,6 @@ SNAPSHOT_INTERVAL_EVENTS = 50
 # The writer thread's name as the OS shows it (top -H, pidstat -t, /proc/<pid>/task/*/comm), so
 # its share of a worker's CPU can be told apart from the event loop's (make bench prints both).
 WRITER_OS_THREAD_NAME = "ledger-writer"
-COMMITTER_OS_THREAD_NAME = "ledger-commit"
 OS_THREAD_NAME_BYTES_MAX = 15  # Linux's limit, without the terminating NUL.
 _PR_SET_NAME = 15
 
@@ -310,31 +309,6 @@ class Staged(NamedTuple):
     view: CardView | None = None
 
 
-@dataclass
-class StagedBatch:
-    """A batch whose commands are applied in memory, to be committed (after the batch before
-    it) by StagedBatch.commit; `done` is set once it has committed or failed, and answered."""
-
-    service: CardService
-    jobs: list[Job]
-    card_ids: set[uuid.UUID]  # Every card the batch touches, those of its alone jobs too.
-    cards: dict[uuid.UUID, Card]
-    staged: list[Staged]
-    event_keys: dict[tuple[uuid.UUID, int], tuple[str | None, str | None]]
-    alone: list[Job]  # Retries racing their original in the batch: run alone after it.
-    rerun: int
-    staging_seconds: float
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def commit(self) -> None:
-        try:
-            self.service._commit_staged(self.cards, self.staged, self.event_keys, self.rerun)
-            for job in self.alone:
-                self.service._resolve_alone(job)
-        finally:
-            deliver(self.jobs)
-
-
 class CardService:
     def __init__(
         self,
@@ -350,8 +324,6 @@ class CardService:
         self.batch_size_max = batch_size_max
         self.batch_linger_seconds = batch_linger_seconds
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=WRITE_QUEUE_MAX)
-        # Staged batches for the committer thread, one at a time (see _write_loop).
-        self._commits: queue.Queue[StagedBatch | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="giftledger-writer")
         self._writer.daemon = True
         if writer_thread:  # Without it, a subclass sends the commands elsewhere.
@@ -383,89 +355,37 @@ class CardService:
         return job.future
 
     def _write_loop(self) -> None:
-        """Gathers each batch and applies its commands, while the batch before it commits.
-
-        The commit of batch N (its inserts, the ledger log, the transaction's flush: half of a
-        batch's cycle, spent waiting on PostgreSQL) overlaps the gathering and staging of batch
-        N+1, when N+1 shares no card with N: then nothing N+1 reads depends on N's outcome.
-        One committer thread commits the batches one at a time, in order, and N+1 is handed to
-        it only once N has committed (or failed, and been re-run or answered): the writer is
-        never more than one batch ahead, so comparing with the committing batch is enough. A
-        batch that shares a card with it waits for it before it reads its cards.
-        """
         name_os_thread(WRITER_OS_THREAD_NAME)
-        committer = threading.Thread(target=self._commit_loop, name="giftledger-committer")
-        committer.daemon = True
-        committer.start()
         previous_size = 0
-        committing: StagedBatch | None = None
-        stop = False
-        while not stop:
-            batch, stop = self._gather(previous_size)
-            if batch:
-                previous_size = len(batch)
-                card_ids = {job.card_id for job in batch}
-                if committing is not None and not committing.card_ids.isdisjoint(card_ids):
-                    committing.done.wait()
-                staged = self._settled(batch, card_ids, partial(self._stage_batch, batch, card_ids))
-                if committing is not None:
-                    committing.done.wait()
-                committing = staged
-                if staged is not None:
-                    self._commits.put(staged)
-        if committing is not None:
-            committing.done.wait()
-        self._commits.put(None)
-        committer.join()
-
-    def _gather(self, previous_size: int) -> tuple[list[Job], bool]:
-        """The next batch, and whether the service is closing (nothing follows it)."""
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        opened = time.monotonic()
-        deadline = opened + self.linger_after(previous_size)
-        stop = False
-        while len(batch) < self.batch_size_max:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            opened = time.monotonic()
+            deadline = opened + self.linger_after(previous_size)
+            stop = False
+            while len(batch) < self.batch_size_max:
+                try:
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            previous_size = len(batch)
+            closed = time.monotonic()
+            metrics.BATCH_LINGER.observe(closed - opened)
+            metrics.BATCH_SIZE.observe(len(batch))
             try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if job is None:
-                stop = True
-                break
-            batch.append(job)
-        metrics.BATCH_LINGER.observe(time.monotonic() - opened)
-        metrics.BATCH_SIZE.observe(len(batch))
-        return batch, stop
-
-    def _commit_loop(self) -> None:
-        name_os_thread(COMMITTER_OS_THREAD_NAME)
-        while (staged := self._commits.get()) is not None:
-            started = time.monotonic()
-            try:
-                self._settled(staged.jobs, staged.card_ids, staged.commit)
-            finally:
-                staged.done.set()  # The writer thread waits for it before the next commit.
-            metrics.BATCH_COMMIT.observe(staged.staging_seconds + time.monotonic() - started)
-
-    def _settled(
-        self, jobs: list[Job], card_ids: set[uuid.UUID], work: Callable[[], T]
-    ) -> T | None:
-        """work() on a batch; if it raises, the batch's cards are evicted (they were changed in
-        place and may not have been stored) and every command not yet answered gets the error.
-        The writer must outlive a database outage."""
-        try:
-            return work()
-        except Exception as exc:
-            self._evict(card_ids)
-            logger.exception("batch of %d failed", len(jobs))
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            deliver(jobs)
-            return None
+                self.commit_batch(batch)
+                metrics.BATCH_COMMIT.observe(time.monotonic() - closed)
+            except Exception as exc:  # The writer must outlive a database outage.
+                logger.exception("batch of %d failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                deliver(batch)
+            if stop:
+                return
 
     def linger_after(self, previous_size: int) -> float:
         """How long a batch waits for more commands after its first. A batch after a batch of
@@ -495,13 +415,6 @@ class CardService:
                 cache.get(card_id, evict=True)
 
     def _commit_batch(self, jobs: list[Job], card_ids: set[uuid.UUID], rerun: int = 0) -> None:
-        self._stage_batch(jobs, card_ids, rerun).commit()
-
-    def _stage_batch(
-        self, jobs: list[Job], card_ids: set[uuid.UUID], rerun: int = 0
-    ) -> StagedBatch:
-        """Read the batch's cards and stored answers, and apply its commands in memory."""
-        started = time.monotonic()
         stored = self._stored_answers([k for j in jobs if j.idem for k in j.idem.keys])
         known = self._fresh_cards(card_ids)
         cards: dict[uuid.UUID, Card] = {}
@@ -516,8 +429,9 @@ class CardService:
                     continue
                 keys_in_batch.update(job.idem.keys)
             self._stage(job, known, cards, stored, staged, event_keys)
-        return StagedBatch(self, jobs, card_ids, cards, staged, event_keys, alone, rerun,
-                           time.monotonic() - started)  # fmt: skip
+        self._commit_staged(cards, staged, event_keys, rerun)
+        for job in alone:
+            self._resolve_alone(job)
 
     def _stage(
         self,

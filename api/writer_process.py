@@ -71,9 +71,8 @@ FRAME_HEADER = struct.Struct(">I")
 # A frame holds at most a batch's worth of commands or answers, a few hundred bytes each.
 FRAME_BYTES_MAX = 64 * 1024 * 1024
 SOCKET_NAME = "writer.sock"
-# The OS name of the writer's threads that read a worker's commands (the batches are staged by
-# service.WRITER_OS_THREAD_NAME and committed by COMMITTER_OS_THREAD_NAME): `make bench` counts
-# all three as the writer's CPU.
+# The OS name of the writer's threads that read a worker's commands (the batches are committed
+# by service.WRITER_OS_THREAD_NAME): `make bench` counts both as the writer's CPU.
 CONNECTION_OS_THREAD_NAME = "ledger-conn"
 LISTEN_BACKLOG = 128
 # How long `giftledger serve` waits for a new writer to accept connections.

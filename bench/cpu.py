@@ -15,15 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from api.service import COMMITTER_OS_THREAD_NAME, WRITER_OS_THREAD_NAME
+from api.service import WRITER_OS_THREAD_NAME
 from api.writer_process import CONNECTION_OS_THREAD_NAME
 
 PROC = Path("/proc")
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 POSTGRES_PROCESS_NAME = "postgres"
-WRITER_THREAD_NAMES = frozenset(
-    {WRITER_OS_THREAD_NAME, COMMITTER_OS_THREAD_NAME, CONNECTION_OS_THREAD_NAME}
-)
+WRITER_THREAD_NAMES = frozenset({WRITER_OS_THREAD_NAME, CONNECTION_OS_THREAD_NAME})
 MICROSECONDS = 1_000_000
 # In /proc/<pid>/stat, counted after the ")" that closes the command name.
 _PPID_FIELD, _UTIME_FIELD, _STIME_FIELD = 1, 11, 12
