@@ -12,10 +12,11 @@ import dataclasses
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 
 from api.bootstrap import prepare_database
 from bench import report
-from bench.cpu import cpu_now, per_request
+from bench.cpu import CpuSeconds, cpu_now, per_request
 from bench.database import (
     Server,
     choose_server,
@@ -56,6 +57,14 @@ def measure_pay(
     return measured, check
 
 
+def costed(running: Running, measured: Measurement, before: CpuSeconds) -> Measurement:
+    """The measurement with the CPU the service, PostgreSQL and wrk spent since `before`."""
+    used = cpu_now(running.pid) - before
+    return dataclasses.replace(
+        measured, cpu=per_request(used, measured.requests, measured.wrk_cpu_seconds)
+    )
+
+
 def run_workers(
     url: str, seeded: Seeded, workers: int
 ) -> tuple[list[Measurement], report.LedgerCheck, str, str]:
@@ -73,9 +82,7 @@ def run_workers(
             else:
                 client = seeded.reserver if scenario.uses_reserver else seeded.pos
                 measured = run_wrk(scenario, running.base_url, client, workers, path)
-            used = cpu_now(running.pid) - before
-            cpu = per_request(used, measured.requests, measured.wrk_cpu_seconds)
-            measured = dataclasses.replace(measured, cpu=cpu)
+            measured = costed(running, measured, before)
             measurements.append(measured)
             say(report.scenario_line(measured, report.floor_of(measurements, workers).rps))
             if check is not None and scenario is PAY:
@@ -94,17 +101,23 @@ def thread_writer_run(url: str, seeded: Seeded, workers: int) -> tuple[str, repo
         run_wrk(PAY, running.base_url, seeded.pos, workers, seconds=WARMUP_SECONDS)
         before = cpu_now(running.pid)
         measured, check = measure_pay(url, running, seeded)
-        used = cpu_now(running.pid) - before
-        cpu = per_request(used, measured.requests, measured.wrk_cpu_seconds)
-        line = report.thread_writer_line(dataclasses.replace(measured, cpu=cpu), check)
+        line = report.thread_writer_line(costed(running, measured, before), check)
     say(f"  {line}")
     return line, check
 
 
-def http_runs(
-    url: str,
-) -> tuple[list[Measurement], list[report.LedgerCheck], str, WriterResult, tuple[str, ...],
-           tuple[str, ...], list[report.LedgerCheck]]:  # fmt: skip
+@dataclass(frozen=True)
+class HttpRuns:
+    measurements: list[Measurement]
+    checks: list[report.LedgerCheck]  # one per worker count, of the pay runs
+    floor_paths: str
+    writer: WriterResult
+    unloaded: tuple[str, ...]  # report.unloaded_line, per worker count
+    thread_writer: tuple[str, ...]  # report.thread_writer_line, per worker count
+    thread_checks: list[report.LedgerCheck]
+
+
+def http_runs(url: str) -> HttpRuns:
     seeded = seed(url)
     say(f"seeded {seeded.cards:,} cards in {seeded.seconds:.1f} s")
     measurements: list[Measurement] = []
@@ -122,10 +135,10 @@ def http_runs(
     # After the pay runs and their ledger checks: these payments are the bench's own.
     writer = measure_writer(url)
     say(f"\n{writer.line()}")
-    floors = " and ".join(sorted(set(paths)))
-    thread_lines = tuple(line for line, _ in threaded)
-    thread_checks = [check for _, check in threaded]
-    return measurements, checks, floors, writer, tuple(unloaded), thread_lines, thread_checks
+    return HttpRuns(
+        measurements, checks, " and ".join(sorted(set(paths))), writer, tuple(unloaded),
+        tuple(line for line, _ in threaded), [check for _, check in threaded],
+    )  # fmt: skip
 
 
 def rebuild_run(server: Server) -> tuple[RebuildResult, ExportResult]:
@@ -163,16 +176,17 @@ def main() -> int:
         say(f"giftledger bench on {report.machine()}\n{postgres}")
         say(f"1-minute load average before the run: {load_before} (should be near 0)")
         with fresh_database(server.url) as url:
-            measurements, checks, path, writer, unloaded, threaded, thread_checks = http_runs(url)
+            runs = http_runs(url)
         rebuilt, exported = rebuild_run(server)
     finally:
         stop_server(server)
-    info = report.RunInfo(postgres, path, load_before, writer.line(), unloaded, threaded)
-    summarize(measurements, checks, rebuilt, exported, info)
+    info = report.RunInfo(postgres, runs.floor_paths, load_before, runs.writer.line(),
+                          runs.unloaded, runs.thread_writer)  # fmt: skip
+    summarize(runs.measurements, runs.checks, rebuilt, exported, info)
     say(f"bench took {time.monotonic() - started:.0f} s")
     # Performance targets are reported; only a ledger check failing (lost or duplicated
     # events) makes the run fail.
-    return 0 if all(c.passed for c in checks + thread_checks) else 1
+    return 0 if all(c.passed for c in runs.checks + runs.thread_checks) else 1
 
 
 if __name__ == "__main__":
