@@ -324,9 +324,12 @@ class CardService:
         self.batch_size_max = batch_size_max
         self.batch_linger_seconds = batch_linger_seconds
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=WRITE_QUEUE_MAX)
-        self._writer = threading.Thread(target=self._write_loop, name="giftledger-writer")
-        self._writer.daemon = True
-        if writer_thread:  # Without it, a subclass sends the commands elsewhere.
+        # Without a writer thread, a subclass sends the commands elsewhere (the writer process).
+        self._writer: threading.Thread | None = None
+        if writer_thread:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="giftledger-writer", daemon=True
+            )
             self._writer.start()
 
     def forget_cached_cards(self) -> None:
@@ -336,8 +339,9 @@ class CardService:
         self.ledger.repository.cache = LRUCache(maxsize=cache.maxsize)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join(timeout=10)
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout=10)
 
     # The writer thread.
 
@@ -717,7 +721,9 @@ class CardService:
 
     async def writer_problem(self) -> str | None:
         """Why commands cannot be written now, if they cannot."""
-        return None if self._writer.is_alive() else "the ledger writer thread has stopped"
+        if self._writer is not None and self._writer.is_alive():
+            return None
+        return "the ledger writer thread has stopped"
 
     async def _await(self, job: Job) -> Outcome:
         job.waiter = asyncio.get_running_loop().create_future()
